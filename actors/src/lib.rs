@@ -1,0 +1,16 @@
+//! streamherd's actor graph: `StreamSupervisor` starts one `ShardPlanner` and
+//! `BackoffActor` per source, planners start supervised `StreamActor`s, and
+//! events flow from each `StreamActor` straight into the sinks' bounded queues.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod messages;
+pub mod metrics;
+pub mod sinks;
+pub mod protocol;
+pub mod backoff;
+pub mod stats;
+pub mod stream_actor;
+pub mod shard_planner;
+pub mod supervisor;
+pub mod sink_actor;

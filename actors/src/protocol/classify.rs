@@ -1,0 +1,353 @@
+//! Classifies a Twitter v1.1 stream message by its top-level keys without
+//! building a JSON tree: values we do not need are skipped (and validated) by
+//! serde's `IgnoredAny`, the few we need are borrowed as raw slices.
+
+use std::fmt;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::messages::EventKind;
+
+/// What classification learnt about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    /// The kind (for a site-stream envelope: the kind of the inner message).
+    pub kind: EventKind,
+    /// SPEC 4 `id`: tweet id, deleted status/DM id, withheld status/user id, DM id.
+    pub id: Option<Box<str>>,
+    /// Site streams: the user the message was for.
+    pub for_user: Option<u64>,
+    /// Disconnect messages: the code.
+    pub disconnect_code: Option<u32>,
+    /// Limit notices: the cumulative `track` count.
+    pub limit_track: Option<u64>,
+    /// Control messages: the site stream's `control_uri`.
+    pub control_uri: Option<String>,
+}
+
+/// A message that could not be classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    /// Not valid JSON (the serde message says where).
+    #[error("not valid JSON: {0}")]
+    NotJson(String),
+    /// Valid JSON, but not an object.
+    #[error("not a JSON object")]
+    NotObject,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Key {
+    Text,
+    FullText,
+    IdStr,
+    Id,
+    Sender,
+    DirectMessage,
+    Delete,
+    Limit,
+    Warning,
+    ScrubGeo,
+    Friends,
+    FriendsStr,
+    Event,
+    Disconnect,
+    StatusWithheld,
+    UserWithheld,
+    Control,
+    ForUser,
+    Message,
+    #[serde(other)]
+    Other,
+}
+
+/// The top-level keys that matter, borrowed from the input.
+#[derive(Default)]
+struct TopLevel<'a> {
+    text: bool,
+    sender: bool,
+    friends: bool,
+    id_str: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
+    direct_message: Option<&'a RawValue>,
+    delete: Option<&'a RawValue>,
+    limit: Option<&'a RawValue>,
+    warning: bool,
+    scrub_geo: bool,
+    event: bool,
+    disconnect: Option<&'a RawValue>,
+    status_withheld: Option<&'a RawValue>,
+    user_withheld: Option<&'a RawValue>,
+    control: Option<&'a RawValue>,
+    for_user: Option<&'a RawValue>,
+    message: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut t = TopLevel::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    let slot = match key {
+                        Key::Text | Key::FullText => {
+                            t.text = true;
+                            None
+                        }
+                        Key::Sender => {
+                            t.sender = true;
+                            None
+                        }
+                        Key::Friends | Key::FriendsStr => {
+                            t.friends = true;
+                            None
+                        }
+                        Key::Warning => {
+                            t.warning = true;
+                            None
+                        }
+                        Key::ScrubGeo => {
+                            t.scrub_geo = true;
+                            None
+                        }
+                        Key::Event => {
+                            t.event = true;
+                            None
+                        }
+                        Key::IdStr => Some(&mut t.id_str),
+                        Key::Id => Some(&mut t.id),
+                        Key::DirectMessage => Some(&mut t.direct_message),
+                        Key::Delete => Some(&mut t.delete),
+                        Key::Limit => Some(&mut t.limit),
+                        Key::Disconnect => Some(&mut t.disconnect),
+                        Key::StatusWithheld => Some(&mut t.status_withheld),
+                        Key::UserWithheld => Some(&mut t.user_withheld),
+                        Key::Control => Some(&mut t.control),
+                        Key::ForUser => Some(&mut t.for_user),
+                        Key::Message => Some(&mut t.message),
+                        Key::Other => None,
+                    };
+                    match slot {
+                        Some(slot) => *slot = Some(map.next_value::<&'de RawValue>()?),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(t)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Classifies one Twitter message (a site-stream envelope is unwrapped).
+pub fn classify_twitter(payload: &[u8]) -> Result<Classified, ClassifyError> {
+    let top: TopLevel<'_> = match serde_json::from_slice(payload) {
+        Ok(t) => t,
+        Err(e) if e.classify() == serde_json::error::Category::Data => return Err(ClassifyError::NotObject),
+        Err(e) => return Err(ClassifyError::NotJson(e.to_string())),
+    };
+    if let (Some(for_user), Some(message)) = (top.for_user, top.message) {
+        let mut inner = classify_twitter(message.get().as_bytes())?;
+        inner.for_user = parse_u64(for_user);
+        return Ok(inner);
+    }
+    Ok(classify_top(&top))
+}
+
+fn classify_top(t: &TopLevel<'_>) -> Classified {
+    let mut c = Classified {
+        kind: EventKind::Unknown,
+        id: None,
+        for_user: None,
+        disconnect_code: None,
+        limit_track: None,
+        control_uri: None,
+    };
+    // Twitter4J's order: sender, text, direct_message, delete, limit, warning,
+    // scrub_geo, friends, event; then the rarer ones.
+    if t.sender {
+        c.kind = EventKind::DirectMessage;
+        c.id = own_id(t.id_str, t.id);
+    } else if t.text {
+        c.kind = EventKind::Tweet;
+        c.id = own_id(t.id_str, t.id);
+    } else if let Some(dm) = t.direct_message {
+        c.kind = EventKind::DirectMessage;
+        c.id = nested_id(dm);
+    } else if let Some(del) = t.delete {
+        c.kind = EventKind::Delete;
+        c.id = deleted_id(del);
+    } else if let Some(limit) = t.limit {
+        c.kind = EventKind::Limit;
+        c.limit_track = serde_json::from_str::<LimitBody>(limit.get()).ok().and_then(|l| l.track);
+    } else if t.warning {
+        c.kind = EventKind::Warning;
+    } else if t.scrub_geo {
+        c.kind = EventKind::ScrubGeo;
+    } else if t.friends {
+        c.kind = EventKind::Friends;
+    } else if t.event {
+        c.kind = EventKind::Event;
+    } else if let Some(d) = t.disconnect {
+        c.kind = EventKind::Disconnect;
+        c.disconnect_code = serde_json::from_str::<DisconnectBody>(d.get()).ok().and_then(|d| d.code);
+    } else if let Some(w) = t.status_withheld {
+        c.kind = EventKind::StatusWithheld;
+        c.id = nested_id(w);
+    } else if let Some(w) = t.user_withheld {
+        c.kind = EventKind::UserWithheld;
+        c.id = nested_id(w);
+    } else if let Some(ctl) = t.control {
+        c.kind = EventKind::Control;
+        c.control_uri = serde_json::from_str::<ControlBody>(ctl.get()).ok().and_then(|c| c.control_uri);
+    }
+    c
+}
+
+#[derive(Deserialize)]
+struct LimitBody {
+    track: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    code: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct ControlBody {
+    control_uri: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IdFields<'a> {
+    #[serde(borrow)]
+    id_str: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct DeleteBody<'a> {
+    #[serde(borrow)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow)]
+    direct_message: Option<&'a RawValue>,
+}
+
+/// `id_str` when present, else `id`, as a string.
+fn own_id(id_str: Option<&RawValue>, id: Option<&RawValue>) -> Option<Box<str>> {
+    id_str.and_then(raw_id).or_else(|| id.and_then(raw_id))
+}
+
+fn nested_id(obj: &RawValue) -> Option<Box<str>> {
+    let f: IdFields<'_> = serde_json::from_str(obj.get()).ok()?;
+    own_id(f.id_str, f.id)
+}
+
+fn deleted_id(obj: &RawValue) -> Option<Box<str>> {
+    let d: DeleteBody<'_> = serde_json::from_str(obj.get()).ok()?;
+    d.status.or(d.direct_message).and_then(nested_id)
+}
+
+/// A JSON string or number holding an id, as a string; null and others give None.
+fn raw_id(v: &RawValue) -> Option<Box<str>> {
+    let s = v.get();
+    if s.starts_with('"') {
+        serde_json::from_str::<String>(s).ok().map(String::into_boxed_str)
+    } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        Some(s.into())
+    } else {
+        None
+    }
+}
+
+fn parse_u64(v: &RawValue) -> Option<u64> {
+    raw_id(v).and_then(|s| s.parse().ok())
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(s: &str) -> (EventKind, Option<String>) {
+        let c = classify_twitter(s.as_bytes()).unwrap();
+        (c.kind, c.id.map(|b| b.to_string()))
+    }
+
+    #[test]
+    fn every_twitter_kind() {
+        use EventKind::*;
+        let cases: &[(&str, EventKind, Option<&str>)] = &[
+            (r#"{"created_at":"x","id":1,"id_str":"1","text":"hi","user":{"id":2}}"#, Tweet, Some("1")),
+            (r#"{"id":7,"full_text":"long"}"#, Tweet, Some("7")),
+            (r#"{"delete":{"status":{"id":1234,"id_str":"1234","user_id":3,"user_id_str":"3"}}}"#, Delete, Some("1234")),
+            (r#"{"delete":{"direct_message":{"id":5,"user_id":3}}}"#, Delete, Some("5")),
+            (r#"{"scrub_geo":{"user_id":14090452,"up_to_status_id":23260136625}}"#, ScrubGeo, None),
+            (r#"{"limit":{"track":1234,"timestamp_ms":"1477757470194"}}"#, Limit, None),
+            (r#"{"status_withheld":{"id":1234567890,"user_id":123456,"withheld_in_countries":["DE"]}}"#, StatusWithheld, Some("1234567890")),
+            (r#"{"user_withheld":{"id":123456,"withheld_in_countries":["DE","AR"]}}"#, UserWithheld, Some("123456")),
+            (r#"{"disconnect":{"code":4,"stream_name":"s","reason":"r"}}"#, Disconnect, None),
+            (r#"{"warning":{"code":"FALLING_BEHIND","message":"m","percent_full":60}}"#, Warning, None),
+            (r#"{"warning":{"code":"FOLLOWS_OVER_LIMIT","message":"m","user_id":123}}"#, Warning, None),
+            (r#"{"friends":[1,2,3]}"#, Friends, None),
+            (r#"{"friends_str":["1","2"]}"#, Friends, None),
+            (r#"{"event":"favorite","created_at":"x","source":{},"target":{},"target_object":{"id":1,"text":"t"}}"#, Event, None),
+            (r#"{"direct_message":{"id":9,"id_str":"9","text":"hey","sender":{},"recipient":{}}}"#, DirectMessage, Some("9")),
+            (r#"{"control":{"control_uri":"/1.1/site/c/1_1_54e3"}}"#, Control, None),
+            (r#"{"some_future_notice":{"x":1}}"#, Unknown, None),
+            (r#"{}"#, Unknown, None),
+        ];
+        for (json, want_kind, want_id) in cases {
+            let (k, id) = kind(json);
+            assert_eq!(k, *want_kind, "{json}");
+            assert_eq!(id.as_deref(), *want_id, "{json}");
+        }
+    }
+
+    #[test]
+    fn details_are_extracted() {
+        let c = classify_twitter(br#"{"limit":{"track":1234}}"#).unwrap();
+        assert_eq!(c.limit_track, Some(1234));
+        let c = classify_twitter(br#"{"disconnect":{"code":12,"reason":"shed"}}"#).unwrap();
+        assert_eq!(c.disconnect_code, Some(12));
+        let c = classify_twitter(br#"{"control":{"control_uri":"/1.1/site/c/1_1_ab"}}"#).unwrap();
+        assert_eq!(c.control_uri.as_deref(), Some("/1.1/site/c/1_1_ab"));
+    }
+
+    #[test]
+    fn site_envelope_is_unwrapped() {
+        let c = classify_twitter(br#"{"for_user":1888,"message":{"id":5,"id_str":"5","text":"x"}}"#).unwrap();
+        assert_eq!((c.kind, c.id.as_deref(), c.for_user), (EventKind::Tweet, Some("5"), Some(1888)));
+        let c = classify_twitter(br#"{"message":{"friends":[1]},"for_user":"77"}"#).unwrap();
+        assert_eq!((c.kind, c.for_user), (EventKind::Friends, Some(77)));
+    }
+
+    #[test]
+    fn escaped_keys_and_nested_text_do_not_confuse() {
+        // "text" only nested, not top-level: an event, not a tweet.
+        let (k, _) = kind(r#"{"event":"favorite","target_object":{"text":"t","id_str":"3"}}"#);
+        assert_eq!(k, EventKind::Event);
+        let (k, id) = kind(r#"{"\u0074ext":"escaped key","id_str":"42"}"#);
+        assert_eq!((k, id.as_deref()), (EventKind::Tweet, Some("42")));
+    }
+
+    #[test]
+    fn malformed_and_non_objects_are_errors() {
+        assert!(matches!(classify_twitter(br#"{"text":"unterminated"#), Err(ClassifyError::NotJson(_))));
+        assert!(matches!(classify_twitter(b"[1,2]"), Err(ClassifyError::NotObject)));
+        assert!(matches!(classify_twitter(b"42"), Err(ClassifyError::NotObject)));
+        assert!(classify_twitter(b"\xff\xfe").is_err());
+    }
+}

@@ -1,0 +1,287 @@
+//! Live per-connection state and counters, shared between a `StreamActor`
+//! (which writes them) and the stats line, `probe` and the control API
+//! (which read them). Atomics only: the read path never blocks the stream.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::messages::EventKind;
+use crate::metrics::{Metrics, SourceCauseLabels, SourceKindLabels, SourceStateLabels};
+
+/// A connection's lifecycle state, as `/streams` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnectionState {
+    /// Request sent, waiting for the status.
+    Connecting = 0,
+    /// Streaming.
+    Connected = 1,
+    /// Waiting before the next attempt.
+    BackingOff = 2,
+    /// Nothing received within the stall timeout (until the reconnect starts).
+    Stalled = 3,
+    /// Failed for good; not retried.
+    Failed = 4,
+    /// Stopped on request.
+    Stopped = 5,
+}
+
+impl ConnectionState {
+    /// Every state, in order.
+    pub const ALL: [ConnectionState; 6] = [
+        ConnectionState::Connecting,
+        ConnectionState::Connected,
+        ConnectionState::BackingOff,
+        ConnectionState::Stalled,
+        ConnectionState::Failed,
+        ConnectionState::Stopped,
+    ];
+
+    /// The name used by `/streams` and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Connected => "connected",
+            ConnectionState::BackingOff => "backing_off",
+            ConnectionState::Stalled => "stalled",
+            ConnectionState::Failed => "failed",
+            ConnectionState::Stopped => "stopped",
+        }
+    }
+
+    fn from_u8(v: u8) -> ConnectionState {
+        ConnectionState::ALL.get(v as usize).copied().unwrap_or(ConnectionState::Stopped)
+    }
+}
+
+/// Counters and state of one connection.
+#[derive(Debug)]
+pub struct ConnectionStats {
+    /// Connection id, `source/N`.
+    pub id: Arc<str>,
+    /// Source name.
+    pub source: Arc<str>,
+    /// What the connection carries (follow count, track terms...), for `/streams`.
+    pub carries: String,
+    state: AtomicU8,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    reconnects: AtomicU64,
+    last_message_ms: AtomicI64,
+    limit_track: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    counters: SourceCounters,
+}
+
+/// Pre-resolved metric handles for one source, so the hot path adds to an
+/// atomic instead of looking up a label set per event.
+#[derive(Debug, Clone)]
+pub struct SourceCounters {
+    metrics: Metrics,
+    source: Arc<str>,
+    /// Events by kind, indexed by `EventKind::index`.
+    pub events: Vec<Counter>,
+    /// Bytes read.
+    pub bytes: Counter,
+    /// Malformed messages.
+    pub malformed: Counter,
+    /// Oversized messages.
+    pub oversized: Counter,
+    states: Vec<Gauge>,
+}
+
+impl SourceCounters {
+    /// Resolves the handles for `source`.
+    pub fn new(metrics: &Metrics, source: &str) -> Self {
+        let events = EventKind::ALL
+            .iter()
+            .map(|k| {
+                metrics
+                    .events_total
+                    .get_or_create(&SourceKindLabels { source: source.to_owned(), kind: k.as_str().to_owned() })
+                    .clone()
+            })
+            .collect();
+        let states = ConnectionState::ALL
+            .iter()
+            .map(|s| {
+                metrics
+                    .connections
+                    .get_or_create(&SourceStateLabels { source: source.to_owned(), state: s.as_str().to_owned() })
+                    .clone()
+            })
+            .collect();
+        let label = Metrics::source(source);
+        SourceCounters {
+            events,
+            bytes: metrics.bytes_total.get_or_create(&label).clone(),
+            malformed: metrics.malformed_total.get_or_create(&label).clone(),
+            oversized: metrics.oversized_total.get_or_create(&label).clone(),
+            states,
+            metrics: metrics.clone(),
+            source: source.into(),
+        }
+    }
+
+    /// Counts a reconnect by cause label.
+    pub fn reconnect(&self, cause: &str) {
+        self.metrics
+            .reconnects_total
+            .get_or_create(&SourceCauseLabels { source: self.source.to_string(), cause: cause.to_owned() })
+            .inc();
+    }
+}
+
+impl ConnectionStats {
+    /// A new connection in state `connecting` (counted in the connections gauge).
+    pub fn new(id: Arc<str>, source: Arc<str>, carries: String, counters: SourceCounters) -> Arc<Self> {
+        counters.states[ConnectionState::Connecting as usize].inc();
+        Arc::new(ConnectionStats {
+            id,
+            source,
+            carries,
+            state: AtomicU8::new(ConnectionState::Connecting as u8),
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            last_message_ms: AtomicI64::new(0),
+            limit_track: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            counters,
+        })
+    }
+
+    /// The metric handles of this connection's source.
+    pub fn counters(&self) -> &SourceCounters {
+        &self.counters
+    }
+
+    /// Current state.
+    pub fn state(&self) -> ConnectionState {
+        ConnectionState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Moves to `state`, keeping the connections gauge in step.
+    pub fn set_state(&self, state: ConnectionState) {
+        let old = ConnectionState::from_u8(self.state.swap(state as u8, Ordering::Relaxed));
+        if old != state {
+            self.counters.states[old as usize].dec();
+            self.counters.states[state as usize].inc();
+        }
+    }
+
+    /// Adds messages read and the time of the newest.
+    pub fn add_messages(&self, n: u64, now_ms: i64) {
+        self.messages.fetch_add(n, Ordering::Relaxed);
+        self.last_message_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Adds bytes read.
+    pub fn add_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.counters.bytes.inc_by(n);
+    }
+
+    /// Counts a reconnect.
+    pub fn add_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the cumulative `limit.track` of this connection's latest notice.
+    pub fn set_limit_track(&self, track: u64) {
+        self.limit_track.store(track, Ordering::Relaxed);
+    }
+
+    /// Resets per-connection-lifetime values when a new connection opens
+    /// (limit counts are cumulative per connection).
+    pub fn connection_opened(&self) {
+        self.limit_track.store(0, Ordering::Relaxed);
+    }
+
+    /// Records the last error, for `/streams` and the stats line.
+    pub fn set_last_error(&self, error: impl Into<String>) {
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = Some(error.into());
+        }
+    }
+
+    /// A consistent-enough copy for reporting.
+    pub fn snapshot(&self) -> ConnectionSnapshot {
+        ConnectionSnapshot {
+            id: self.id.to_string(),
+            source: self.source.to_string(),
+            state: self.state(),
+            carries: self.carries.clone(),
+            messages: self.messages.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            last_message_ms: match self.last_message_ms.load(Ordering::Relaxed) {
+                0 => None,
+                v => Some(v),
+            },
+            limit_track: self.limit_track.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+}
+
+impl Drop for ConnectionStats {
+    fn drop(&mut self) {
+        self.counters.states[self.state() as usize].dec();
+    }
+}
+
+/// A copy of one connection's stats.
+#[derive(Debug, Clone)]
+pub struct ConnectionSnapshot {
+    /// Connection id.
+    pub id: String,
+    /// Source name.
+    pub source: String,
+    /// State.
+    pub state: ConnectionState,
+    /// What it carries.
+    pub carries: String,
+    /// Messages read.
+    pub messages: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Reconnects so far.
+    pub reconnects: u64,
+    /// Unix ms of the last message.
+    pub last_message_ms: Option<i64>,
+    /// Last cumulative limit count.
+    pub limit_track: u64,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+/// Every connection's stats, for reporting. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct StatsRegistry {
+    inner: Arc<Mutex<Vec<Arc<ConnectionStats>>>>,
+}
+
+impl StatsRegistry {
+    /// Adds a connection.
+    pub fn add(&self, stats: Arc<ConnectionStats>) {
+        if let Ok(mut v) = self.inner.lock() {
+            v.push(stats);
+        }
+    }
+
+    /// Removes a connection by id.
+    pub fn remove(&self, id: &str) {
+        if let Ok(mut v) = self.inner.lock() {
+            v.retain(|s| &*s.id != id);
+        }
+    }
+
+    /// Snapshots of every connection, in start order.
+    pub fn snapshots(&self) -> Vec<ConnectionSnapshot> {
+        self.inner.lock().map(|v| v.iter().map(|s| s.snapshot()).collect()).unwrap_or_default()
+    }
+}

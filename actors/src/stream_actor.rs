@@ -1,0 +1,399 @@
+//! One `StreamActor` per connection: signs and opens one streaming request,
+//! frames and classifies what arrives, detects stalls against the time of the
+//! last byte, hands events to the sinks and reports its lifecycle. It runs
+//! under actix supervision: when a connection ends it stops, the supervisor
+//! restarts it, and `started` waits out the backoff before reconnecting.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use chrono::Utc;
+use futures_util::StreamExt;
+
+use crate::backoff::{BackoffActor, PlanAttempt};
+use crate::error::StreamError;
+use crate::messages::{
+    DisconnectCause, Event, EventKind, StopStream, StreamConnected, StreamDisconnected, StreamFailed,
+};
+use crate::protocol::classify::classify_twitter;
+use crate::protocol::framing::{Delimiting, Frame, Framer};
+use crate::protocol::request::{sign, Method, OAuthCredentials, StreamRequest};
+use crate::sink_actor::SinkHandle;
+use crate::stats::{ConnectionState, ConnectionStats};
+
+/// Everything one connection needs to connect and read.
+#[derive(Debug, Clone)]
+pub struct ConnectionSpec {
+    /// Connection id, `source/N`.
+    pub id: Arc<str>,
+    /// Source name.
+    pub source: Arc<str>,
+    /// The unsigned request.
+    pub request: StreamRequest,
+    /// Credentials to sign it with.
+    pub credentials: OAuthCredentials,
+    /// Body framing.
+    pub delimiting: Delimiting,
+    /// No byte for this long = stalled. Also bounds the wait for the response headers.
+    pub stall_timeout: Duration,
+    /// A connection healthy this long resets its backoff history.
+    pub reset_after: Duration,
+    /// Larger messages are dropped with an error.
+    pub max_message_bytes: usize,
+}
+
+/// Where a `StreamActor` reports its lifecycle.
+#[derive(Clone)]
+pub struct LifecycleRecipients {
+    /// `StreamConnected`.
+    pub connected: Recipient<StreamConnected>,
+    /// `StreamDisconnected`.
+    pub disconnected: Recipient<StreamDisconnected>,
+    /// `StreamFailed`.
+    pub failed: Recipient<StreamFailed>,
+}
+
+/// One supervised streaming connection.
+pub struct StreamActor {
+    spec: Arc<ConnectionSpec>,
+    backoff: Addr<BackoffActor>,
+    sinks: Arc<[SinkHandle]>,
+    lifecycle: LifecycleRecipients,
+    stats: Arc<ConnectionStats>,
+    /// Why the previous attempt ended; kept across supervised restarts.
+    last_end: Option<(DisconnectCause, bool)>,
+    /// Failed for good or stopped: a restart must not reconnect.
+    done: bool,
+    connection: Option<SpawnHandle>,
+}
+
+impl StreamActor {
+    /// A new actor; start it with `actix::Supervisor::start_in_arbiter`.
+    pub fn new(
+        spec: ConnectionSpec,
+        backoff: Addr<BackoffActor>,
+        sinks: Arc<[SinkHandle]>,
+        lifecycle: LifecycleRecipients,
+        stats: Arc<ConnectionStats>,
+    ) -> Self {
+        StreamActor {
+            spec: Arc::new(spec),
+            backoff,
+            sinks,
+            lifecycle,
+            stats,
+            last_end: None,
+            done: false,
+            connection: None,
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.stats.set_state(ConnectionState::Connecting);
+        let run = run_connection(self.spec.clone(), self.sinks.clone(), self.stats.clone(), self.lifecycle.clone());
+        let handle = ctx.spawn(run.into_actor(self).map(|end, act, ctx| act.connection_ended(end, ctx)));
+        self.connection = Some(handle);
+    }
+
+    fn connection_ended(&mut self, end: ConnectionEnd, ctx: &mut Context<Self>) {
+        self.connection = None;
+        let id = self.spec.id.clone();
+        match end.result {
+            StreamError::Retryable(cause) => {
+                if cause == DisconnectCause::Stall {
+                    self.stats.set_state(ConnectionState::Stalled);
+                }
+                tracing::warn!(connection = %id, %cause, "connection ended; reconnecting after backoff");
+                self.stats.set_last_error(cause.to_string());
+                self.stats.counters().reconnect(cause.label());
+                self.lifecycle.disconnected.do_send(StreamDisconnected { connection: id, cause: cause.clone() });
+                self.last_end = Some((cause, end.healthy));
+                // Stopping hands the restart to actix supervision.
+                ctx.stop();
+            }
+            StreamError::Fatal { reason } => {
+                tracing::error!(connection = %id, %reason, "connection failed for good; not retrying");
+                self.done = true;
+                self.stats.set_last_error(reason.clone());
+                self.stats.set_state(ConnectionState::Failed);
+                self.lifecycle.failed.do_send(StreamFailed { connection: id, reason });
+            }
+            StreamError::Finished { reason } => {
+                tracing::info!(connection = %id, %reason, "stream finished");
+                self.done = true;
+                self.stats.set_state(ConnectionState::Stopped);
+            }
+        }
+    }
+}
+
+impl Actor for StreamActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.done {
+            return;
+        }
+        let (cause, was_healthy) = match self.last_end.take() {
+            Some((cause, healthy)) => (Some(cause), healthy),
+            None => (None, false),
+        };
+        if cause.is_some() {
+            self.stats.set_state(ConnectionState::BackingOff);
+        }
+        let plan = PlanAttempt { connection: self.spec.id.clone(), cause, was_healthy };
+        self.backoff
+            .send(plan)
+            .into_actor(self)
+            .map(|wait, act, ctx| {
+                let wait = wait.unwrap_or(Duration::from_secs(1));
+                tracing::debug!(connection = %act.spec.id, wait_ms = wait.as_millis() as u64, "next attempt scheduled");
+                ctx.run_later(wait, |act, ctx| act.connect(ctx));
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Supervised for StreamActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        if !self.done {
+            self.stats.add_reconnect();
+        }
+    }
+}
+
+impl Handler<StopStream> for StreamActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopStream, ctx: &mut Context<Self>) {
+        self.done = true;
+        if let Some(handle) = self.connection.take() {
+            ctx.cancel_future(handle);
+        }
+        self.stats.set_state(ConnectionState::Stopped);
+        // Pending backoff timers die with the context's items.
+        ctx.stop();
+    }
+}
+
+/// How one connection attempt ended.
+struct ConnectionEnd {
+    result: StreamError,
+    /// It streamed for at least `reset_after`.
+    healthy: bool,
+}
+
+const FATAL_STATUSES: [u16; 7] = [401, 403, 404, 406, 413, 416, 422];
+const LOG_SNIPPET: usize = 200;
+
+async fn run_connection(
+    spec: Arc<ConnectionSpec>,
+    sinks: Arc<[SinkHandle]>,
+    stats: Arc<ConnectionStats>,
+    lifecycle: LifecycleRecipients,
+) -> ConnectionEnd {
+    let mut connected_at = None;
+    let result = read_stream(&spec, &sinks, &stats, &lifecycle, &mut connected_at).await;
+    let healthy = connected_at.is_some_and(|t: Instant| t.elapsed() >= spec.reset_after);
+    ConnectionEnd { result, healthy }
+}
+
+async fn read_stream(
+    spec: &ConnectionSpec,
+    sinks: &[SinkHandle],
+    stats: &ConnectionStats,
+    lifecycle: &LifecycleRecipients,
+    connected_at: &mut Option<Instant>,
+) -> StreamError {
+    let client = awc::Client::builder()
+        .timeout(spec.stall_timeout)
+        .add_default_header((awc::http::header::USER_AGENT, concat!("streamherd/", env!("CARGO_PKG_VERSION"))))
+        .finish();
+    let signed = sign(&spec.request, &spec.credentials);
+    let request = match signed.method {
+        Method::Get => client.get(&signed.url),
+        Method::Post => client.post(&signed.url),
+    }
+    .insert_header((awc::http::header::AUTHORIZATION, signed.authorization.as_str()));
+    tracing::info!(connection = %spec.id, url = %signed.url, "connecting");
+    let sent = match signed.body {
+        Some(body) => request.content_type("application/x-www-form-urlencoded").send_body(body).await,
+        None => request.send().await,
+    };
+    let mut response = match sent {
+        Ok(r) => r,
+        Err(e) => return StreamError::Retryable(DisconnectCause::Network(e.to_string())),
+    };
+    let status = response.status().as_u16();
+    if status != 200 {
+        let retry_after = response
+            .headers()
+            .get(awc::http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        if FATAL_STATUSES.contains(&status) {
+            let body = read_error_body(&mut response).await;
+            return StreamError::Fatal { reason: format!("HTTP {status}: {body}") };
+        }
+        let body = read_error_body(&mut response).await;
+        tracing::warn!(connection = %spec.id, status, body = %body, "connection refused");
+        return StreamError::Retryable(match status {
+            420 | 429 => DisconnectCause::RateLimited { status, retry_after },
+            _ => DisconnectCause::Http { status, retry_after },
+        });
+    }
+
+    *connected_at = Some(Instant::now());
+    stats.connection_opened();
+    stats.set_state(ConnectionState::Connected);
+    tracing::info!(connection = %spec.id, "connected");
+    lifecycle.connected.do_send(StreamConnected { connection: spec.id.clone() });
+
+    let mut framer = Framer::new(spec.delimiting, spec.max_message_bytes);
+    let counters = stats.counters();
+    let mut kind_counts = [0u64; EventKind::ALL.len()];
+    loop {
+        let chunk = match tokio::time::timeout(spec.stall_timeout, response.next()).await {
+            Err(_) => return StreamError::Retryable(DisconnectCause::Stall),
+            Ok(None) => return StreamError::Retryable(DisconnectCause::Eof),
+            Ok(Some(Err(e))) => return StreamError::Retryable(DisconnectCause::Network(e.to_string())),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        stats.add_bytes(chunk.len() as u64);
+        framer.push(&chunk);
+        let received_at = Utc::now();
+        let mut events = Vec::new();
+        let mut end = None;
+        while let Some(frame) = framer.next_frame() {
+            let payload = match frame {
+                Frame::Message(m) => m,
+                Frame::KeepAlive => continue,
+                Frame::Oversized { len } => {
+                    counters.oversized.inc();
+                    tracing::error!(connection = %spec.id, len, max = spec.max_message_bytes, "message over max_message_bytes dropped");
+                    continue;
+                }
+                Frame::BadLength(line) => {
+                    counters.malformed.inc();
+                    tracing::warn!(connection = %spec.id, line = %snippet(&line), "length line is not a number; skipped");
+                    continue;
+                }
+            };
+            let c = match classify_twitter(&payload) {
+                Ok(c) => c,
+                Err(e) => {
+                    counters.malformed.inc();
+                    tracing::warn!(connection = %spec.id, error = %e, message = %snippet(&payload), "malformed message skipped");
+                    continue;
+                }
+            };
+            if let Some(track) = c.limit_track {
+                stats.set_limit_track(track);
+            }
+            if c.kind == EventKind::Disconnect {
+                end = Some(disconnect_decision(c.disconnect_code, &payload));
+            }
+            kind_counts[c.kind.index()] += 1;
+            events.push(Event {
+                source: spec.source.clone(),
+                kind: c.kind,
+                id: c.id,
+                received_at,
+                connection: spec.id.clone(),
+                for_user: c.for_user,
+                stream: None,
+                payload,
+            });
+            if end.is_some() {
+                break;
+            }
+        }
+        if !events.is_empty() {
+            stats.add_messages(events.len() as u64, received_at.timestamp_millis());
+            for (i, n) in kind_counts.iter_mut().enumerate() {
+                if *n > 0 {
+                    counters.events[i].inc_by(*n);
+                    *n = 0;
+                }
+            }
+            let batch: Arc<[Event]> = events.into();
+            for sink in sinks {
+                sink.deliver(&batch).await;
+            }
+        }
+        if let Some(end) = end {
+            return end;
+        }
+    }
+}
+
+/// What a disconnect message means for the connection (protocols.md A.5).
+fn disconnect_decision(code: Option<u32>, payload: &Bytes) -> StreamError {
+    match code {
+        // Duplicate stream, token revoked, admin logout: another client or the
+        // user's choice; reconnecting would fight it.
+        Some(code @ (2 | 6 | 7)) => {
+            StreamError::Fatal { reason: format!("disconnect code {code}: {}", snippet(payload)) }
+        }
+        Some(9) => StreamError::Finished { reason: "disconnect code 9: backfill complete".into() },
+        Some(code) => StreamError::Retryable(DisconnectCause::DisconnectMessage { code }),
+        None => StreamError::Retryable(DisconnectCause::DisconnectMessage { code: 0 }),
+    }
+}
+
+async fn read_error_body<S>(response: &mut awc::ClientResponse<S>) -> String
+where
+    S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let mut body = Vec::new();
+    let read = async {
+        while let Some(Ok(chunk)) = response.next().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= 2048 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+    snippet(&body)
+}
+
+/// The first bytes of a message, lossily decoded, for logs.
+fn snippet(bytes: &[u8]) -> String {
+    let cut = bytes.len().min(LOG_SNIPPET);
+    let mut s = String::from_utf8_lossy(&bytes[..cut]).into_owned();
+    if bytes.len() > cut {
+        s.push_str(&format!("… ({} bytes)", bytes.len()));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disconnect_codes_follow_the_catalogue() {
+        let p = Bytes::from_static(b"{}");
+        for code in [1, 3, 4, 5, 8, 10, 11, 12] {
+            assert!(
+                matches!(disconnect_decision(Some(code), &p), StreamError::Retryable(DisconnectCause::DisconnectMessage { code: c }) if c == code),
+                "code {code}"
+            );
+        }
+        for code in [2, 6, 7] {
+            assert!(matches!(disconnect_decision(Some(code), &p), StreamError::Fatal { .. }), "code {code}");
+        }
+        assert!(matches!(disconnect_decision(Some(9), &p), StreamError::Finished { .. }));
+    }
+
+    #[test]
+    fn snippets_are_truncated() {
+        let long = vec![b'a'; 1000];
+        let s = snippet(&long);
+        assert!(s.len() < 260 && s.ends_with("(1000 bytes)"));
+    }
+}

@@ -1,0 +1,188 @@
+//! The process's top actor: starts a `ShardPlanner` per source over a pool of
+//! stream threads, writes the periodic stats line, notices when every source
+//! failed for good, and owns the graceful stop (streams first, then sinks).
+//! Named `StreamSupervisor` so it never collides with `actix::Supervisor`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::metrics::Metrics;
+use crate::shard_planner::{PlannerContext, ShardPlanner, SourceFailed, SourceSpec, StopSource};
+use crate::sink_actor::SinkHandle;
+use crate::stats::{ConnectionState, StatsRegistry};
+
+/// Exit code when every source failed for good (SPEC section 2).
+pub const EXIT_ALL_SOURCES_FAILED: i32 = 3;
+
+/// Stop gracefully: close streams, drain and flush sinks, stop the system
+/// with `exit_code`. Answered when everything is flushed.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    /// The process exit code.
+    pub exit_code: i32,
+}
+
+/// Starts and stops everything that streams.
+pub struct StreamSupervisor {
+    sources: Vec<SourceSpec>,
+    sinks: Arc<[SinkHandle]>,
+    metrics: Metrics,
+    stats: StatsRegistry,
+    stream_threads: usize,
+    arbiters: Vec<Arbiter>,
+    planners: Vec<Addr<ShardPlanner>>,
+    failed: HashSet<Arc<str>>,
+    stats_interval: Duration,
+    last_tick: (Instant, u64),
+    stopping: bool,
+    /// Stop the actix System after the graceful stop (false in embedded uses such as `probe`).
+    stop_system: bool,
+}
+
+impl StreamSupervisor {
+    /// A supervisor for validated sources and started sinks.
+    pub fn new(
+        sources: Vec<SourceSpec>,
+        sinks: Vec<SinkHandle>,
+        metrics: Metrics,
+        stats: StatsRegistry,
+        stats_interval: Duration,
+    ) -> Self {
+        StreamSupervisor {
+            sources,
+            sinks: sinks.into(),
+            metrics,
+            stats,
+            stream_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            arbiters: Vec::new(),
+            planners: Vec::new(),
+            failed: HashSet::new(),
+            stats_interval,
+            last_tick: (Instant::now(), 0),
+            stopping: false,
+            stop_system: true,
+        }
+    }
+
+    /// Whether the graceful stop also stops the actix System (default true).
+    pub fn stop_system(mut self, yes: bool) -> Self {
+        self.stop_system = yes;
+        self
+    }
+
+    fn stats_line(&mut self) {
+        let snaps = self.stats.snapshots();
+        let total: u64 = snaps.iter().map(|s| s.messages).sum();
+        let (then, before) = self.last_tick;
+        let secs = then.elapsed().as_secs_f64().max(1e-3);
+        let rate = total.saturating_sub(before) as f64 / secs;
+        self.last_tick = (Instant::now(), total);
+        let mut states: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut omitted: BTreeMap<&str, u64> = BTreeMap::new();
+        for s in &snaps {
+            *states.entry(s.state.as_str()).or_default() += 1;
+            *omitted.entry(s.source.as_str()).or_default() += s.limit_track;
+        }
+        for (source, n) in &omitted {
+            self.metrics.limit_omitted.get_or_create(&Metrics::source(source)).set(*n as i64);
+        }
+        let connected = states.get(ConnectionState::Connected.as_str()).copied().unwrap_or(0);
+        let lag: Vec<String> = self.sinks.iter().map(|s| format!("{}={}", s.name(), s.queue_depth())).collect();
+        let gaps: u64 = self.metrics_gaps();
+        tracing::info!(
+            events_per_s = format!("{rate:.1}"),
+            events = total,
+            connected,
+            connections = ?states,
+            limit_omitted = omitted.values().sum::<u64>(),
+            gaps,
+            sink_lag = %lag.join(","),
+            "stats"
+        );
+    }
+
+    fn metrics_gaps(&self) -> u64 {
+        let sources: HashSet<&str> = self.sources.iter().map(|s| &*s.name).collect();
+        sources.iter().map(|s| self.metrics.gaps_total.get_or_create(&Metrics::source(s)).get()).sum()
+    }
+}
+
+impl Actor for StreamSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.arbiters = (0..self.stream_threads.max(1)).map(|_| Arbiter::new()).collect();
+        let handles: Vec<ArbiterHandle> = self.arbiters.iter().map(|a| a.handle()).collect();
+        for spec in self.sources.clone() {
+            let pctx = PlannerContext {
+                sinks: self.sinks.clone(),
+                metrics: self.metrics.clone(),
+                stats: self.stats.clone(),
+                arbiters: handles.clone(),
+                on_failed: ctx.address().recipient(),
+            };
+            self.planners.push(ShardPlanner::new(spec, pctx).start());
+        }
+        if !self.stats_interval.is_zero() {
+            ctx.run_interval(self.stats_interval, |act, _| act.stats_line());
+        }
+        if self.sources.is_empty() {
+            tracing::warn!("no sources configured; nothing to stream");
+        }
+    }
+}
+
+impl Handler<SourceFailed> for StreamSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SourceFailed, ctx: &mut Context<Self>) {
+        self.failed.insert(msg.source);
+        if !self.stopping && self.failed.len() == self.sources.len() {
+            tracing::error!("every source failed for good; stopping");
+            ctx.notify(Shutdown { exit_code: EXIT_ALL_SOURCES_FAILED });
+        }
+    }
+}
+
+impl Handler<Shutdown> for StreamSupervisor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        let first = !self.stopping;
+        self.stopping = true;
+        let planners = std::mem::take(&mut self.planners);
+        let sinks = self.sinks.clone();
+        let stop_system = self.stop_system && first;
+        Box::pin(
+            async move {
+                if first {
+                    tracing::info!(exit_code = msg.exit_code, "stopping: closing streams, then flushing sinks");
+                }
+                for planner in &planners {
+                    let _ = planner.send(StopSource).await;
+                }
+                for sink in sinks.iter() {
+                    if let Err(e) = sink.flush().await {
+                        tracing::error!(sink = sink.name(), error = %e, "final flush failed");
+                    }
+                    sink.stop().await;
+                }
+            }
+            .into_actor(self)
+            .map(move |_, act, _| {
+                act.stats_line();
+                for arbiter in act.arbiters.drain(..) {
+                    arbiter.stop();
+                }
+                if stop_system {
+                    tracing::info!("stopped");
+                    System::current().stop_with_code(msg.exit_code);
+                }
+            }),
+        )
+    }
+}

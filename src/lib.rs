@@ -1,0 +1,4 @@
+//! streamherd: keeps many streaming-API connections alive, parses what they
+//! deliver and hands every event to sinks. See README.md for the actor map.
+
+pub mod simulator;
