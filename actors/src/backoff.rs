@@ -106,7 +106,9 @@ impl BackoffPolicy {
         };
         let wait = wait.min(max);
         let retry_after = match cause {
-            DisconnectCause::Http { retry_after, .. } | DisconnectCause::RateLimited { retry_after, .. } => *retry_after,
+            DisconnectCause::Http { retry_after, .. } | DisconnectCause::RateLimited { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         };
         // Honour Retry-After, but never beyond the class's cap.
@@ -334,7 +336,11 @@ mod tests {
     async fn actor_applies_the_policy_per_connection_and_resets_when_healthy() {
         let cfg = BackoffConfig { max_connects_per_s: 1000, jitter: 0.0, ..BackoffConfig::default() };
         let addr = BackoffActor::new(cfg).start();
-        let plan = |c: &str, healthy| PlanAttempt { connection: c.into(), cause: Some(DisconnectCause::Stall), was_healthy: healthy };
+        let plan = |c: &str, healthy| PlanAttempt {
+            connection: c.into(),
+            cause: Some(DisconnectCause::Stall),
+            was_healthy: healthy,
+        };
         let a1 = addr.send(plan("a", false)).await.unwrap();
         let a2 = addr.send(plan("a", false)).await.unwrap();
         let b1 = addr.send(plan("b", false)).await.unwrap();

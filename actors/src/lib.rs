@@ -3,14 +3,14 @@
 //! events flow from each `StreamActor` straight into the sinks' bounded queues.
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod error;
 pub mod messages;
 pub mod metrics;
-pub mod sinks;
 pub mod protocol;
-pub mod backoff;
+pub mod shard_planner;
+pub mod sink_actor;
+pub mod sinks;
 pub mod stats;
 pub mod stream_actor;
-pub mod shard_planner;
 pub mod supervisor;
-pub mod sink_actor;

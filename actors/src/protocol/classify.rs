@@ -276,7 +276,6 @@ fn parse_u64(v: &RawValue) -> Option<u64> {
     raw_id(v).and_then(|s| s.parse().ok())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,19 +291,35 @@ mod tests {
         let cases: &[(&str, EventKind, Option<&str>)] = &[
             (r#"{"created_at":"x","id":1,"id_str":"1","text":"hi","user":{"id":2}}"#, Tweet, Some("1")),
             (r#"{"id":7,"full_text":"long"}"#, Tweet, Some("7")),
-            (r#"{"delete":{"status":{"id":1234,"id_str":"1234","user_id":3,"user_id_str":"3"}}}"#, Delete, Some("1234")),
+            (
+                r#"{"delete":{"status":{"id":1234,"id_str":"1234","user_id":3,"user_id_str":"3"}}}"#,
+                Delete,
+                Some("1234"),
+            ),
             (r#"{"delete":{"direct_message":{"id":5,"user_id":3}}}"#, Delete, Some("5")),
             (r#"{"scrub_geo":{"user_id":14090452,"up_to_status_id":23260136625}}"#, ScrubGeo, None),
             (r#"{"limit":{"track":1234,"timestamp_ms":"1477757470194"}}"#, Limit, None),
-            (r#"{"status_withheld":{"id":1234567890,"user_id":123456,"withheld_in_countries":["DE"]}}"#, StatusWithheld, Some("1234567890")),
+            (
+                r#"{"status_withheld":{"id":1234567890,"user_id":123456,"withheld_in_countries":["DE"]}}"#,
+                StatusWithheld,
+                Some("1234567890"),
+            ),
             (r#"{"user_withheld":{"id":123456,"withheld_in_countries":["DE","AR"]}}"#, UserWithheld, Some("123456")),
             (r#"{"disconnect":{"code":4,"stream_name":"s","reason":"r"}}"#, Disconnect, None),
             (r#"{"warning":{"code":"FALLING_BEHIND","message":"m","percent_full":60}}"#, Warning, None),
             (r#"{"warning":{"code":"FOLLOWS_OVER_LIMIT","message":"m","user_id":123}}"#, Warning, None),
             (r#"{"friends":[1,2,3]}"#, Friends, None),
             (r#"{"friends_str":["1","2"]}"#, Friends, None),
-            (r#"{"event":"favorite","created_at":"x","source":{},"target":{},"target_object":{"id":1,"text":"t"}}"#, Event, None),
-            (r#"{"direct_message":{"id":9,"id_str":"9","text":"hey","sender":{},"recipient":{}}}"#, DirectMessage, Some("9")),
+            (
+                r#"{"event":"favorite","created_at":"x","source":{},"target":{},"target_object":{"id":1,"text":"t"}}"#,
+                Event,
+                None,
+            ),
+            (
+                r#"{"direct_message":{"id":9,"id_str":"9","text":"hey","sender":{},"recipient":{}}}"#,
+                DirectMessage,
+                Some("9"),
+            ),
             (r#"{"control":{"control_uri":"/1.1/site/c/1_1_54e3"}}"#, Control, None),
             (r#"{"some_future_notice":{"x":1}}"#, Unknown, None),
             (r#"{}"#, Unknown, None),

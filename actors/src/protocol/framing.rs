@@ -255,12 +255,7 @@ mod tests {
         body.extend(length_frame(TWEET));
         body.extend(b"\r\n");
         body.extend(length_frame("{\"limit\":{\"track\":12}}"));
-        let want = vec![
-            Frame::KeepAlive,
-            msg(TWEET),
-            Frame::KeepAlive,
-            msg("{\"limit\":{\"track\":12}}"),
-        ];
+        let want = vec![Frame::KeepAlive, msg(TWEET), Frame::KeepAlive, msg("{\"limit\":{\"track\":12}}")];
         for cut in 0..=body.len() {
             for cut2 in [cut, (cut + 7).min(body.len())] {
                 let got = run(Delimiting::Length, 1 << 20, &[&body[..cut], &body[cut..cut2], &body[cut2..]]);

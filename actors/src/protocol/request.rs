@@ -288,13 +288,14 @@ mod tests {
             token_secret: "ts".into(),
         };
         let s = sign(&r, &creds);
-        assert_eq!(
-            s.body.as_deref(),
-            Some("delimited=length&follow=1%2C22&stall_warnings=true&track=%23cdu%2Ca%20b")
-        );
+        assert_eq!(s.body.as_deref(), Some("delimited=length&follow=1%2C22&stall_warnings=true&track=%23cdu%2Ca%20b"));
         assert!(!format!("{s:?}").contains(&s.authorization));
         assert!(!format!("{creds:?}").contains("ts\""));
-        let r = twitter_request(TwitterEndpoint::Sample, "http://h", &TwitterQuery { delimited: true, ..Default::default() });
+        let r = twitter_request(
+            TwitterEndpoint::Sample,
+            "http://h",
+            &TwitterQuery { delimited: true, ..Default::default() },
+        );
         let s = sign(&r, &creds);
         assert_eq!(s.url, "http://h/1.1/statuses/sample.json?delimited=length");
         assert!(s.body.is_none());

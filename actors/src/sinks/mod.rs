@@ -45,8 +45,7 @@ impl SinkBuildContext {
 
 /// Builds a sink from its settings: the sink's TOML table without the keys
 /// every sink shares (`name`, `kind`, `kinds`, `sources`, `buffer`, `when_full`).
-pub type BuildSink =
-    fn(settings: serde_json::Value, ctx: &SinkBuildContext) -> Result<Box<dyn Sink>, SinkError>;
+pub type BuildSink = fn(settings: serde_json::Value, ctx: &SinkBuildContext) -> Result<Box<dyn Sink>, SinkError>;
 
 /// Checks settings that need IO (a writable path) without building the sink.
 pub type PreflightSink = fn(settings: &serde_json::Value, ctx: &SinkBuildContext) -> Result<(), SinkError>;
@@ -83,10 +82,10 @@ impl SinkRegistry {
 
     /// Looks a kind up by name; the error lists the known ones.
     pub fn get(&self, name: &str) -> Result<&SinkKind, SinkError> {
-        self.kinds.iter().find(|k| k.name == name).ok_or_else(|| SinkError::UnknownKind {
-            kind: name.to_owned(),
-            known: self.names().join(", "),
-        })
+        self.kinds
+            .iter()
+            .find(|k| k.name == name)
+            .ok_or_else(|| SinkError::UnknownKind { kind: name.to_owned(), known: self.names().join(", ") })
     }
 
     /// Registered kind names.
@@ -101,8 +100,6 @@ pub fn parse_settings<T: serde::de::DeserializeOwned>(
     settings: serde_json::Value,
     ctx: &SinkBuildContext,
 ) -> Result<T, SinkError> {
-    serde_json::from_value(settings).map_err(|e| SinkError::Config {
-        key: format!("sinks[{}]", ctx.index),
-        message: e.to_string(),
-    })
+    serde_json::from_value(settings)
+        .map_err(|e| SinkError::Config { key: format!("sinks[{}]", ctx.index), message: e.to_string() })
 }

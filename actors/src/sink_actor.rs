@@ -1,0 +1,956 @@
+//! Runs each configured sink as a [`SinkActor`] on its own thread (an actix
+//! `Arbiter`) behind a bounded queue counted in events. [`SinkHandle`] is the
+//! producer side: it filters, applies `when_full`, and writes gap events for
+//! what `drop_newest` dropped.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
+use actix_rt::{Arbiter, ArbiterHandle};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::SinkError;
+use crate::messages::{Event, EventKind};
+use crate::metrics::{Metrics, SourceLabel};
+use crate::sinks::encode::{push_json_str, push_timestamp, push_u64};
+use crate::sinks::Sink;
+
+/// Attempts per batch before its events are dropped.
+const WRITE_ATTEMPTS: u32 = 5;
+
+/// Wait before the first retry; doubled before each further one.
+const RETRY_INITIAL: Duration = Duration::from_millis(100);
+
+/// A sink that wrote since its last flush is flushed again this long after,
+/// so time-throttled work (the file sink's batched `sync_data`) also happens
+/// once traffic stops.
+const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Semaphore permits are taken `u32` at a time.
+const MAX_BUFFER: usize =
+    if Semaphore::MAX_PERMITS < u32::MAX as usize { Semaphore::MAX_PERMITS } else { u32::MAX as usize };
+
+// `kinds` filters are a bit mask over `EventKind::index`.
+const _: () = assert!(EventKind::ALL.len() <= 32);
+
+/// What a sink does with new events when its queue is full (`when_full`).
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait for room: the stream stops reading and TCP pushes back on the server.
+    #[default]
+    Block,
+    /// Drop what does not fit, count it, and write one gap event per source
+    /// once there is room again.
+    DropNewest,
+}
+
+/// The settings every sink shares, from its `[[sinks]]` table.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// The sink's configured name (metrics label, logs, gap events).
+    pub name: String,
+    /// Events held in the queue before `when_full` applies (at least 1).
+    pub buffer: usize,
+    /// What to do with events that do not fit.
+    pub when_full: WhenFull,
+    /// Only these kinds; `None` takes every kind.
+    pub kinds: Option<Vec<EventKind>>,
+    /// Only these sources; `None` takes every source.
+    pub sources: Option<Vec<String>>,
+}
+
+/// Starts `sink` on a new `Arbiter` (thread) and returns the handle that
+/// queues events for it.
+///
+/// # Panics
+///
+/// When called outside a running actix `System`, or when the OS cannot start
+/// the thread.
+pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -> SinkHandle {
+    let label = Metrics::sink(&options.name);
+    let counters = Counters {
+        written: metrics.sink_events_total.get_or_create(&label).clone(),
+        errors: metrics.sink_errors_total.get_or_create(&label).clone(),
+        dropped: metrics.sink_dropped_total.get_or_create(&label).clone(),
+        depth: metrics.sink_queue_depth.get_or_create(&label).clone(),
+    };
+    let capacity = options.buffer.clamp(1, MAX_BUFFER);
+    let arbiter = Arbiter::new().handle();
+    let actor =
+        SinkActor { sink: Some(sink), name: options.name.clone(), counters: counters.clone(), flush_due: false };
+    let addr = SinkActor::start_in_arbiter(&arbiter, move |_| actor);
+    let kinds = options.kinds.map(|kinds| kinds.iter().fold(0u32, |mask, k| mask | kind_bit(*k)));
+    SinkHandle {
+        shared: Arc::new(Shared {
+            connection: Arc::from(format!("sink/{}", options.name)),
+            name: options.name,
+            capacity,
+            when_full: options.when_full,
+            kinds,
+            sources: options.sources,
+            permits: Arc::new(Semaphore::new(capacity)),
+            addr,
+            arbiter,
+            counters,
+            gaps_total: metrics.gaps_total,
+            dropped_runs: Mutex::new(Vec::new()),
+        }),
+    }
+}
+
+fn kind_bit(kind: EventKind) -> u32 {
+    1 << kind.index()
+}
+
+/// This sink's metric handles, resolved once so the hot path takes no lock.
+#[derive(Clone, Debug)]
+struct Counters {
+    written: Counter,
+    errors: Counter,
+    dropped: Counter,
+    depth: Gauge,
+}
+
+/// The producer side of one sink: cheap to clone, shared by every stream.
+#[derive(Clone)]
+pub struct SinkHandle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    name: String,
+    /// `sink/<name>`, the `connection` of this sink's gap events.
+    connection: Arc<str>,
+    capacity: usize,
+    when_full: WhenFull,
+    /// Bit mask of accepted kinds.
+    kinds: Option<u32>,
+    sources: Option<Vec<String>>,
+    /// One permit per queued event; a permit travels with its event and is
+    /// released once the event is written, which is what bounds the queue.
+    permits: Arc<Semaphore>,
+    addr: Addr<SinkActor>,
+    arbiter: ArbiterHandle,
+    counters: Counters,
+    gaps_total: Family<SourceLabel, Counter>,
+    /// What `drop_newest` dropped, per source, not yet reported by a gap event.
+    dropped_runs: Mutex<Vec<DroppedRun>>,
+}
+
+/// Consecutive drops from one source, reported as one gap event.
+#[derive(Debug)]
+struct DroppedRun {
+    source: Arc<str>,
+    dropped: u64,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+impl DroppedRun {
+    /// `{"reason":"sink_full","sink":..,"dropped":..,"from":..,"to":..}`.
+    fn gap_event(&self, shared: &Shared) -> Event {
+        let mut payload = Vec::with_capacity(128);
+        payload.extend_from_slice(b"{\"reason\":\"sink_full\",\"sink\":");
+        push_json_str(&mut payload, &shared.name);
+        payload.extend_from_slice(b",\"dropped\":");
+        push_u64(&mut payload, self.dropped);
+        payload.extend_from_slice(b",\"from\":\"");
+        push_timestamp(&mut payload, &self.from);
+        payload.extend_from_slice(b"\",\"to\":\"");
+        push_timestamp(&mut payload, &self.to);
+        payload.extend_from_slice(b"\"}");
+        Event {
+            source: self.source.clone(),
+            kind: EventKind::Gap,
+            id: None,
+            received_at: Utc::now(),
+            connection: shared.connection.clone(),
+            for_user: None,
+            stream: None,
+            payload: Bytes::from(payload),
+        }
+    }
+}
+
+impl std::fmt::Debug for SinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkHandle")
+            .field("name", &self.shared.name)
+            .field("buffer", &self.shared.capacity)
+            .field("when_full", &self.shared.when_full)
+            .field("queue_depth", &self.queue_depth())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn accepts_kind(&self, kind: EventKind) -> bool {
+        match self.kinds {
+            Some(mask) => mask & kind_bit(kind) != 0,
+            None => true,
+        }
+    }
+
+    fn accepts_source(&self, source: &str) -> bool {
+        match &self.sources {
+            Some(sources) => sources.iter().any(|s| s == source),
+            None => true,
+        }
+    }
+}
+
+impl SinkHandle {
+    /// The sink's configured name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether the sink's `kinds` and `sources` filters let `event` through.
+    pub fn accepts(&self, event: &Event) -> bool {
+        self.shared.accepts_kind(event.kind) && self.shared.accepts_source(&event.source)
+    }
+
+    /// Events queued and not yet written.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.capacity.saturating_sub(self.shared.permits.available_permits())
+    }
+
+    /// Queues the accepted events of `events`, in order.
+    ///
+    /// Under `block` this waits until the queue has room, which is how a slow
+    /// sink pushes back on the socket reader. Under `drop_newest` it never
+    /// waits: what does not fit is dropped and later reported by a gap event.
+    pub async fn deliver(&self, events: &Arc<[Event]>) {
+        let accepted: Arc<[Event]> = if events.iter().all(|e| self.accepts(e)) {
+            Arc::clone(events)
+        } else {
+            events.iter().filter(|e| self.accepts(e)).cloned().collect()
+        };
+        if accepted.is_empty() {
+            return;
+        }
+        let capacity = self.shared.capacity;
+        if accepted.len() <= capacity {
+            self.enqueue(accepted).await;
+        } else {
+            // More than the whole queue could never get its permits at once.
+            for chunk in accepted.chunks(capacity) {
+                self.enqueue(chunk.iter().cloned().collect()).await;
+            }
+        }
+    }
+
+    /// Queues at most `capacity` events.
+    async fn enqueue(&self, events: Arc<[Event]>) {
+        let shared = &*self.shared;
+        if shared.permits.is_closed() {
+            self.dropped_after_stop(events.len());
+            return;
+        }
+        match shared.when_full {
+            WhenFull::Block => match shared.permits.clone().acquire_many_owned(permit_count(events.len())).await {
+                Ok(permit) => self.send(events, permit),
+                Err(_closed) => self.dropped_after_stop(events.len()),
+            },
+            WhenFull::DropNewest => self.enqueue_or_drop(events),
+        }
+    }
+
+    fn enqueue_or_drop(&self, events: Arc<[Event]>) {
+        let shared = &*self.shared;
+        let emit_gaps = shared.accepts_kind(EventKind::Gap);
+        // Held across the permit check so that two producers cannot both
+        // take the same pending runs or both count on the same free room.
+        let mut runs = shared.dropped_runs.lock().unwrap_or_else(PoisonError::into_inner);
+        let available = shared.permits.available_permits();
+        let gaps_now = if emit_gaps { runs.len().min(available) } else { 0 };
+        let take = events.len().min(available - gaps_now);
+        let permit = match gaps_now + take {
+            0 => None,
+            wanted => shared.permits.clone().try_acquire_many_owned(permit_count(wanted)).ok(),
+        };
+        let Some(permit) = permit else {
+            record_drop(shared, &mut runs, &events);
+            return;
+        };
+        let reported: Vec<DroppedRun> =
+            if emit_gaps { runs.drain(..gaps_now).collect() } else { runs.drain(..).collect() };
+        if take < events.len() {
+            record_drop(shared, &mut runs, &events[take..]);
+        }
+        drop(runs);
+
+        for run in &reported {
+            tracing::warn!(
+                sink = %shared.name,
+                source = %run.source,
+                dropped = run.dropped,
+                "sink has room again after dropping events"
+            );
+        }
+        if reported.is_empty() || !emit_gaps {
+            let batch = if take == events.len() { events } else { events[..take].iter().cloned().collect() };
+            if !batch.is_empty() {
+                self.send(batch, permit);
+            }
+            return;
+        }
+        let mut batch = Vec::with_capacity(reported.len() + take);
+        for run in &reported {
+            batch.push(run.gap_event(shared));
+            shared.gaps_total.get_or_create(&Metrics::source(&run.source)).inc();
+        }
+        batch.extend(events[..take].iter().cloned());
+        self.send(batch.into(), permit);
+    }
+
+    fn send(&self, events: Arc<[Event]>, permit: OwnedSemaphorePermit) {
+        let shared = &*self.shared;
+        let count = permit.num_permits();
+        shared.counters.depth.inc_by(gauge_value(count));
+        let permit = QueuedPermit { _permit: permit, count, depth: shared.counters.depth.clone() };
+        if !shared.addr.connected() {
+            shared.counters.dropped.inc_by(events.len() as u64);
+            tracing::error!(
+                sink = %shared.name,
+                dropped = events.len(),
+                "sink actor is gone; events dropped"
+            );
+            return;
+        }
+        // The permits bound the queue, so ignoring actix's own mailbox
+        // capacity (which `do_send` does) is what we want.
+        shared.addr.do_send(WriteEvents { events, _permit: permit });
+    }
+
+    fn dropped_after_stop(&self, count: usize) {
+        self.shared.counters.dropped.inc_by(count as u64);
+        tracing::warn!(sink = %self.shared.name, dropped = count, "sink is stopped; dropping events");
+    }
+
+    /// Waits until everything queued before this call is written and the
+    /// sink's `flush` ran; returns the flush's error.
+    pub async fn flush(&self) -> Result<(), SinkError> {
+        match self.shared.addr.send(Flush).await {
+            Ok(result) => result,
+            Err(_) => Err(SinkError::Other(format!("sink `{}` is stopped", self.shared.name))),
+        }
+    }
+
+    /// Writes everything already queued, flushes and closes the sink, and
+    /// ends its thread. Events delivered afterwards are counted as dropped.
+    pub async fn stop(&self) {
+        let shared = &*self.shared;
+        // Closed first, so nothing is queued behind the final flush.
+        shared.permits.close();
+        match shared.addr.send(Close).await {
+            Ok(Ok(())) => tracing::info!(sink = %shared.name, "sink stopped"),
+            Ok(Err(e)) => {
+                tracing::error!(sink = %shared.name, error = %e, "final flush of the sink failed")
+            }
+            Err(_) => {}
+        }
+        let runs = shared.dropped_runs.lock().unwrap_or_else(PoisonError::into_inner);
+        for run in runs.iter() {
+            tracing::warn!(
+                sink = %shared.name,
+                source = %run.source,
+                dropped = run.dropped,
+                "sink stopped before a gap event could record dropped events"
+            );
+        }
+        drop(runs);
+        shared.arbiter.stop();
+    }
+}
+
+/// Adds `events` to the per-source runs of dropped events and counts them.
+fn record_drop(shared: &Shared, runs: &mut Vec<DroppedRun>, events: &[Event]) {
+    shared.counters.dropped.inc_by(events.len() as u64);
+    for event in events {
+        match runs.iter_mut().find(|r| r.source == event.source) {
+            Some(run) => {
+                run.dropped += 1;
+                run.from = run.from.min(event.received_at);
+                run.to = run.to.max(event.received_at);
+            }
+            None => {
+                tracing::warn!(
+                    sink = %shared.name,
+                    source = %event.source,
+                    buffer = shared.capacity,
+                    "sink queue is full; dropping new events until there is room (when_full = \"drop_newest\")"
+                );
+                runs.push(DroppedRun {
+                    source: event.source.clone(),
+                    dropped: 1,
+                    from: event.received_at,
+                    to: event.received_at,
+                });
+            }
+        }
+    }
+}
+
+fn permit_count(events: usize) -> u32 {
+    // `events` is at most the capacity, which is at most `u32::MAX`.
+    u32::try_from(events).unwrap_or(u32::MAX)
+}
+
+fn gauge_value(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// Queue permits of one message; dropping it (after the write) frees the
+/// room and lowers the queue-depth gauge by the same amount it was raised.
+struct QueuedPermit {
+    _permit: OwnedSemaphorePermit,
+    count: usize,
+    depth: Gauge,
+}
+
+impl Drop for QueuedPermit {
+    fn drop(&mut self) {
+        self.depth.dec_by(gauge_value(self.count));
+    }
+}
+
+/// Writes these events, in order, then flushes the sink.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriteEvents {
+    events: Arc<[Event]>,
+    _permit: QueuedPermit,
+}
+
+/// Answers once everything queued before it is written and the sink flushed.
+#[derive(Message)]
+#[rtype(result = "Result<(), SinkError>")]
+struct Flush;
+
+/// Flushes, then drops the sink (its final flush) and stops the actor.
+#[derive(Message)]
+#[rtype(result = "Result<(), SinkError>")]
+struct Close;
+
+/// Owns one sink on its own thread and drains its queue into it.
+pub struct SinkActor {
+    /// `None` once closed.
+    sink: Option<Box<dyn Sink>>,
+    name: String,
+    counters: Counters,
+    /// A batch was written since the last idle flush.
+    flush_due: bool,
+}
+
+impl SinkActor {
+    fn write_with_retry(&mut self, events: &[Event]) {
+        let Some(sink) = self.sink.as_mut() else {
+            self.counters.dropped.inc_by(events.len() as u64);
+            tracing::error!(sink = %self.name, dropped = events.len(), "sink is closed; events dropped");
+            return;
+        };
+        let mut delay = RETRY_INITIAL;
+        for attempt in 1..=WRITE_ATTEMPTS {
+            match guarded(|| sink.write(events)) {
+                Ok(()) => {
+                    self.counters.written.inc_by(events.len() as u64);
+                    return;
+                }
+                Err(e) if attempt == WRITE_ATTEMPTS => {
+                    self.counters.errors.inc();
+                    self.counters.dropped.inc_by(events.len() as u64);
+                    tracing::error!(
+                        sink = %self.name,
+                        attempts = attempt,
+                        dropped = events.len(),
+                        error = %e,
+                        "sink write failed for good; events dropped"
+                    );
+                }
+                Err(e) => {
+                    self.counters.errors.inc();
+                    tracing::warn!(
+                        sink = %self.name,
+                        attempt,
+                        retry_in_ms = delay.as_millis() as u64,
+                        error = %e,
+                        "sink write failed; retrying"
+                    );
+                    // This thread belongs to the sink alone: sleeping holds back
+                    // only its queue, which is the backpressure we want.
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+            }
+        }
+    }
+
+    fn flush_sink(&mut self) -> Result<(), SinkError> {
+        let Some(sink) = self.sink.as_mut() else {
+            return Err(SinkError::Other(format!("sink `{}` is closed", self.name)));
+        };
+        let result = guarded(|| sink.flush());
+        if let Err(e) = &result {
+            self.counters.errors.inc();
+            tracing::warn!(sink = %self.name, error = %e, "sink flush failed");
+        }
+        result
+    }
+}
+
+/// Runs a sink call, turning a panic into an error so that a buggy sink
+/// costs its events, not the process.
+fn guarded<T>(call: impl FnOnce() -> Result<T, SinkError>) -> Result<T, SinkError> {
+    // The sink may be left inconsistent by its panic; it is retried or
+    // dropped like any failing sink, and nothing else shares its state.
+    catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic".to_owned());
+        Err(SinkError::Other(format!("the sink panicked: {what}")))
+    })
+}
+
+impl Actor for SinkActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(IDLE_FLUSH_INTERVAL, |act, _| {
+            if std::mem::take(&mut act.flush_due) {
+                // Errors are counted and logged inside.
+                let _ = act.flush_sink();
+            }
+        });
+    }
+}
+
+impl Handler<WriteEvents> for SinkActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WriteEvents, _: &mut Self::Context) {
+        self.write_with_retry(&msg.events);
+        // Counted and logged inside; the next flush tries again.
+        let _ = self.flush_sink();
+        self.flush_due = true;
+        // `msg` drops here, releasing the permits now that the events are written.
+    }
+}
+
+impl Handler<Flush> for SinkActor {
+    type Result = Result<(), SinkError>;
+
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
+        self.flush_due = false;
+        self.flush_sink()
+    }
+}
+
+impl Handler<Close> for SinkActor {
+    type Result = Result<(), SinkError>;
+
+    fn handle(&mut self, _: Close, ctx: &mut Self::Context) -> Self::Result {
+        let result = self.flush_sink();
+        if let Some(sink) = self.sink.take() {
+            // Dropping is a sink's last chance to finish (the file sink syncs).
+            if let Err(e) = guarded(move || {
+                drop(sink);
+                Ok(())
+            }) {
+                tracing::error!(sink = %self.name, error = %e, "closing the sink failed");
+            }
+        }
+        ctx.stop();
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Condvar;
+
+    use chrono::TimeZone;
+
+    use super::*;
+
+    /// 2026-11-22T10:00:00Z.
+    const T0: i64 = 1_795_341_600;
+
+    /// Long enough for any queued work on a loaded CI machine; tests only
+    /// wait this long when they are about to fail.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    fn event(source: &str, kind: EventKind, id: u64) -> Event {
+        Event {
+            source: Arc::from(source),
+            kind,
+            id: Some(id.to_string().into()),
+            received_at: Utc.timestamp_opt(T0 + id as i64, 0).single().expect("valid test time"),
+            connection: Arc::from(format!("{source}/0")),
+            for_user: None,
+            stream: None,
+            payload: Bytes::from(format!("{{\"n\":{id}}}")),
+        }
+    }
+
+    fn tweets(source: &str, ids: std::ops::Range<u64>) -> Arc<[Event]> {
+        ids.map(|id| event(source, EventKind::Tweet, id)).collect()
+    }
+
+    /// A closed gate blocks the sink's writes until it opens; it opens on drop
+    /// too, so a failing test does not leave a thread waiting forever.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+    impl Gate {
+        fn open(&self) {
+            *self.0 .0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            self.0 .1.notify_all();
+        }
+
+        fn wait(&self) {
+            let mut open = self.0 .0.lock().unwrap_or_else(PoisonError::into_inner);
+            while !*open {
+                open = self.0 .1.wait(open).unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+    }
+
+    struct OpenOnDrop(Gate);
+
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+
+    /// Records what it is given; can block, fail or panic on demand.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        written: Arc<Mutex<Vec<Event>>>,
+        flushes: Arc<AtomicUsize>,
+        fail_writes: Arc<AtomicUsize>,
+        panic_next: Arc<AtomicBool>,
+        dropped: Arc<AtomicBool>,
+        gate: Option<Gate>,
+        write_delay: Option<Duration>,
+    }
+
+    impl Recorder {
+        fn written(&self) -> Vec<Event> {
+            self.written.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        }
+
+        fn ids(&self) -> Vec<String> {
+            self.written().iter().map(|e| e.id.as_deref().unwrap_or("-").to_owned()).collect()
+        }
+    }
+
+    struct RecordingSink(Recorder);
+
+    impl Sink for RecordingSink {
+        fn write(&mut self, events: &[Event]) -> Result<(), SinkError> {
+            if let Some(gate) = &self.0.gate {
+                gate.wait();
+            }
+            if let Some(delay) = self.0.write_delay {
+                std::thread::sleep(delay);
+            }
+            if self.0.panic_next.swap(false, Ordering::SeqCst) {
+                panic!("test sink told to panic");
+            }
+            if self.0.fail_writes.load(Ordering::SeqCst) > 0 {
+                self.0.fail_writes.fetch_sub(1, Ordering::SeqCst);
+                return Err(SinkError::Other("test sink told to fail".into()));
+            }
+            self.0.written.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(events);
+            Ok(())
+        }
+
+        fn flush(&mut self) -> Result<(), SinkError> {
+            self.0.flushes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    impl Drop for RecordingSink {
+        fn drop(&mut self) {
+            self.0.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn options(buffer: usize, when_full: WhenFull) -> SinkOptions {
+        SinkOptions { name: "archive".into(), buffer, when_full, kinds: None, sources: None }
+    }
+
+    fn start(recorder: &Recorder, options: SinkOptions, metrics: &Metrics) -> SinkHandle {
+        start_sink(Box::new(RecordingSink(recorder.clone())), options, metrics.clone())
+    }
+
+    async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+        match tokio::time::timeout(PATIENCE, fut).await {
+            Ok(out) => out,
+            Err(_) => panic!("{what} did not finish within {PATIENCE:?}"),
+        }
+    }
+
+    fn counter(family: &Family<crate::metrics::SinkLabel, Counter>) -> u64 {
+        family.get_or_create(&Metrics::sink("archive")).get()
+    }
+
+    #[actix_rt::test]
+    async fn order_is_preserved_across_many_batches() {
+        let recorder = Recorder::default();
+        let metrics = Metrics::default();
+        let sink = start(&recorder, options(16, WhenFull::Block), &metrics);
+        let mut expected = Vec::new();
+        let mut next = 0;
+        for round in 0..200 {
+            // Every seventh batch is bigger than the queue and gets split.
+            let size = if round % 7 == 0 { 40 } else { 1 + round % 5 };
+            let batch = tweets("a", next..next + size);
+            expected.extend((next..next + size).map(|id| id.to_string()));
+            next += size;
+            within("deliver", sink.deliver(&batch)).await;
+        }
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        assert_eq!(recorder.ids(), expected);
+        assert_eq!(counter(&metrics.sink_events_total), next);
+        assert_eq!(sink.queue_depth(), 0);
+        assert_eq!(metrics.sink_queue_depth.get_or_create(&Metrics::sink("archive")).get(), 0);
+        within("stop", sink.stop()).await;
+    }
+
+    #[actix_rt::test]
+    async fn kinds_and_sources_filter_events() {
+        let recorder = Recorder::default();
+        let mut opts = options(100, WhenFull::Block);
+        opts.kinds = Some(vec![EventKind::Tweet, EventKind::Update]);
+        opts.sources = Some(vec!["election".into(), "fedi".into()]);
+        let sink = start(&recorder, opts, &Metrics::default());
+        assert_eq!(sink.name(), "archive");
+
+        let events: Arc<[Event]> = vec![
+            event("election", EventKind::Tweet, 1),
+            event("election", EventKind::Delete, 2),
+            event("other", EventKind::Tweet, 3),
+            event("fedi", EventKind::Update, 4),
+            event("fedi", EventKind::Notification, 5),
+        ]
+        .into();
+        assert!(sink.accepts(&events[0]));
+        assert!(!sink.accepts(&events[1]));
+        assert!(!sink.accepts(&events[2]));
+        within("deliver", sink.deliver(&events)).await;
+        within("deliver", sink.deliver(&tweets("other", 10..20))).await;
+        within("deliver", sink.deliver(&tweets("election", 20..22))).await;
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        assert_eq!(recorder.ids(), ["1", "4", "20", "21"]);
+        within("stop", sink.stop()).await;
+    }
+
+    #[actix_rt::test]
+    async fn block_holds_the_caller_until_the_sink_has_room() {
+        let gate = Gate::default();
+        let _open = OpenOnDrop(gate.clone());
+        let recorder = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
+        let metrics = Metrics::default();
+        let sink = start(&recorder, options(4, WhenFull::Block), &metrics);
+
+        let events = tweets("a", 0..6);
+        let delivery = sink.deliver(&events);
+        tokio::pin!(delivery);
+        // The first four fill the queue; the last two must wait for room.
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut delivery).await;
+        assert!(early.is_err(), "deliver returned while the queue was full");
+        assert_eq!(sink.queue_depth(), 4);
+        assert_eq!(metrics.sink_queue_depth.get_or_create(&Metrics::sink("archive")).get(), 4);
+        assert!(recorder.written().is_empty());
+
+        gate.open();
+        within("deliver after the gate opened", &mut delivery).await;
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        assert_eq!(recorder.ids(), ["0", "1", "2", "3", "4", "5"]);
+        assert_eq!(sink.queue_depth(), 0);
+        assert_eq!(metrics.sink_queue_depth.get_or_create(&Metrics::sink("archive")).get(), 0);
+        assert_eq!(counter(&metrics.sink_dropped_total), 0);
+        within("stop", sink.stop()).await;
+    }
+
+    #[actix_rt::test]
+    async fn drop_newest_drops_counts_and_writes_one_gap_per_source() {
+        let gate = Gate::default();
+        let _open = OpenOnDrop(gate.clone());
+        let recorder = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
+        let metrics = Metrics::default();
+        let sink = start(&recorder, options(4, WhenFull::DropNewest), &metrics);
+
+        within("deliver", sink.deliver(&tweets("a", 0..4))).await;
+        assert_eq!(sink.queue_depth(), 4);
+        // Full: these return at once and are dropped.
+        within("deliver", sink.deliver(&tweets("a", 10..13))).await;
+        within("deliver", sink.deliver(&tweets("b", 20..22))).await;
+        within("deliver", sink.deliver(&tweets("a", 13..14))).await;
+        assert_eq!(counter(&metrics.sink_dropped_total), 6);
+
+        gate.open();
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        within("deliver", sink.deliver(&tweets("a", 30..31))).await;
+        within("deliver", sink.deliver(&tweets("a", 31..32))).await;
+        within("flush", sink.flush()).await.expect("flush succeeds");
+
+        let written = recorder.written();
+        let kinds: Vec<EventKind> = written.iter().map(|e| e.kind).collect();
+        use EventKind::{Gap, Tweet};
+        assert_eq!(kinds, [Tweet, Tweet, Tweet, Tweet, Gap, Gap, Tweet, Tweet]);
+        assert_eq!(recorder.ids()[6..], ["30", "31"]);
+
+        let gap_a = &written[4];
+        assert_eq!(&*gap_a.source, "a");
+        assert_eq!(&*gap_a.connection, "sink/archive");
+        assert_eq!(gap_a.id, None);
+        let payload: serde_json::Value = serde_json::from_slice(&gap_a.payload).expect("gap payload is JSON");
+        assert_eq!(payload["reason"], "sink_full");
+        assert_eq!(payload["sink"], "archive");
+        assert_eq!(payload["dropped"], 4);
+        assert_eq!(payload["from"], "2026-11-22T10:00:10.000000Z");
+        assert_eq!(payload["to"], "2026-11-22T10:00:13.000000Z");
+        assert!(gap_a.payload.starts_with(b"{\"reason\":\"sink_full\",\"sink\":\"archive\",\"dropped\":4,"));
+
+        let gap_b = &written[5];
+        assert_eq!(&*gap_b.source, "b");
+        let payload: serde_json::Value = serde_json::from_slice(&gap_b.payload).expect("gap payload is JSON");
+        assert_eq!(payload["dropped"], 2);
+
+        assert_eq!(metrics.gaps_total.get_or_create(&Metrics::source("a")).get(), 1);
+        assert_eq!(metrics.gaps_total.get_or_create(&Metrics::source("b")).get(), 1);
+        assert_eq!(counter(&metrics.sink_events_total), 8);
+        assert_eq!(sink.queue_depth(), 0);
+        within("stop", sink.stop()).await;
+    }
+
+    #[actix_rt::test]
+    async fn drop_newest_keeps_what_fits() {
+        let gate = Gate::default();
+        let _open = OpenOnDrop(gate.clone());
+        let recorder = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
+        let metrics = Metrics::default();
+        let sink = start(&recorder, options(4, WhenFull::DropNewest), &metrics);
+
+        within("deliver", sink.deliver(&tweets("a", 0..3))).await;
+        within("deliver", sink.deliver(&tweets("a", 3..6))).await;
+        assert_eq!(counter(&metrics.sink_dropped_total), 2);
+        gate.open();
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        assert_eq!(recorder.ids(), ["0", "1", "2", "3"]);
+        within("stop", sink.stop()).await;
+    }
+
+    #[actix_rt::test]
+    async fn a_sink_filtering_out_gaps_gets_none() {
+        let gate = Gate::default();
+        let _open = OpenOnDrop(gate.clone());
+        let recorder = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
+        let metrics = Metrics::default();
+        let mut opts = options(2, WhenFull::DropNewest);
+        opts.kinds = Some(vec![EventKind::Tweet]);
+        let sink = start(&recorder, opts, &metrics);
+
+        within("deliver", sink.deliver(&tweets("a", 0..2))).await;
+        within("deliver", sink.deliver(&tweets("a", 2..4))).await;
+        gate.open();
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        within("deliver", sink.deliver(&tweets("a", 4..6))).await;
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        assert_eq!(recorder.ids(), ["0", "1", "4", "5"]);
+        assert_eq!(counter(&metrics.sink_dropped_total), 2);
+        assert_eq!(metrics.gaps_total.get_or_create(&Metrics::source("a")).get(), 0);
+        within("stop", sink.stop()).await;
+    }
+
+    #[actix_rt::test]
+    async fn a_failing_sink_is_retried_then_its_events_dropped() {
+        let recorder = Recorder::default();
+        let metrics = Metrics::default();
+        let sink = start(&recorder, options(100, WhenFull::Block), &metrics);
+
+        // Two failures, then success on the third attempt.
+        recorder.fail_writes.store(2, Ordering::SeqCst);
+        within("deliver", sink.deliver(&tweets("a", 0..2))).await;
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        assert_eq!(recorder.ids(), ["0", "1"]);
+        assert_eq!(counter(&metrics.sink_errors_total), 2);
+
+        // Fails every attempt: dropped and counted.
+        recorder.fail_writes.store(WRITE_ATTEMPTS as usize, Ordering::SeqCst);
+        within("deliver", sink.deliver(&tweets("a", 2..5))).await;
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        assert_eq!(counter(&metrics.sink_errors_total), 2 + u64::from(WRITE_ATTEMPTS));
+        assert_eq!(counter(&metrics.sink_dropped_total), 3);
+
+        // Later batches still go through.
+        within("deliver", sink.deliver(&tweets("a", 5..6))).await;
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        assert_eq!(recorder.ids(), ["0", "1", "5"]);
+        assert_eq!(counter(&metrics.sink_events_total), 3);
+        within("stop", sink.stop()).await;
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_sink_counts_as_an_error() {
+        let recorder = Recorder::default();
+        let metrics = Metrics::default();
+        let sink = start(&recorder, options(10, WhenFull::Block), &metrics);
+        recorder.panic_next.store(true, Ordering::SeqCst);
+        within("deliver", sink.deliver(&tweets("a", 0..1))).await;
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        assert_eq!(recorder.ids(), ["0"]);
+        assert_eq!(counter(&metrics.sink_errors_total), 1);
+        within("stop", sink.stop()).await;
+    }
+
+    #[actix_rt::test]
+    async fn flush_returns_after_queued_events_are_written() {
+        let recorder = Recorder { write_delay: Some(Duration::from_millis(20)), ..Recorder::default() };
+        let sink = start(&recorder, options(1000, WhenFull::Block), &Metrics::default());
+        for n in 0..5 {
+            within("deliver", sink.deliver(&tweets("a", n * 5..n * 5 + 5))).await;
+        }
+        let flushes_before = recorder.flushes.load(Ordering::SeqCst);
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        assert_eq!(recorder.written().len(), 25);
+        assert!(recorder.flushes.load(Ordering::SeqCst) > flushes_before);
+        within("stop", sink.stop()).await;
+    }
+
+    #[actix_rt::test]
+    async fn stop_writes_what_is_queued_and_closes_the_sink() {
+        let recorder = Recorder { write_delay: Some(Duration::from_millis(10)), ..Recorder::default() };
+        let metrics = Metrics::default();
+        let sink = start(&recorder, options(100, WhenFull::Block), &metrics);
+        for n in 0..3 {
+            within("deliver", sink.deliver(&tweets("a", n * 2..n * 2 + 2))).await;
+        }
+        within("stop", sink.stop()).await;
+        assert_eq!(recorder.written().len(), 6);
+        assert!(recorder.dropped.load(Ordering::SeqCst), "the sink was dropped, running its final flush");
+
+        within("deliver after stop", sink.deliver(&tweets("a", 10..12))).await;
+        assert_eq!(counter(&metrics.sink_dropped_total), 2);
+        assert!(within("flush after stop", sink.flush()).await.is_err());
+        within("second stop", sink.stop()).await;
+    }
+}
