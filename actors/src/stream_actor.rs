@@ -172,7 +172,10 @@ impl Handler<StopStream> for StreamActor {
         if let Some(handle) = self.connection.take() {
             ctx.cancel_future(handle);
         }
-        self.stats.set_state(ConnectionState::Stopped);
+        // A connection that failed for good stays reported as failed.
+        if self.stats.state() != ConnectionState::Failed {
+            self.stats.set_state(ConnectionState::Stopped);
+        }
         // Pending backoff timers die with the context's items.
         ctx.stop();
     }

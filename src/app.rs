@@ -1,0 +1,263 @@
+//! Starts everything in order — simulator (when embedded), sinks, the
+//! `StreamSupervisor` with its planners, signal handling — and owns the stop:
+//! streams close first, then every sink drains and flushes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use streamherd_actors::messages::EventKind;
+use streamherd_actors::metrics::{Metrics, SourceKindLabels};
+use streamherd_actors::shard_planner::SourceSpec;
+use streamherd_actors::sink_actor::{start_sink, SinkHandle};
+use streamherd_actors::sinks::SinkRegistry;
+use streamherd_actors::stats::StatsRegistry;
+use streamherd_actors::supervisor::{Shutdown, StreamSupervisor};
+
+use crate::config::{Config, ConfigError, ValidSource};
+use crate::simulator::{self, SimCredentials, SimHandle, SimulatorConfig};
+
+/// Everything a running service holds on to.
+pub struct Running {
+    /// The top actor; send it [`Shutdown`] to stop.
+    pub supervisor: Addr<StreamSupervisor>,
+    /// The embedded simulator, when enabled.
+    pub simulator: Option<SimHandle>,
+    /// Metric families.
+    pub metrics: Metrics,
+    /// Per-connection stats.
+    pub stats: StatsRegistry,
+}
+
+/// TLS for awc: rustls with the ring provider, installed once per process.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The Twitter sources of a config; a Mastodon source is a configuration
+/// error in this release (validated, not yet streamed).
+pub fn twitter_sources(config: &Config) -> Result<Vec<SourceSpec>, ConfigError> {
+    config
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s {
+            ValidSource::Twitter(spec) => Ok((**spec).clone()),
+            ValidSource::Mastodon { .. } => Err(ConfigError {
+                file: config.file.display().to_string(),
+                key: format!("sources[{i}].kind"),
+                message: "mastodon sources validate but are not streamed by this release yet".into(),
+            }),
+        })
+        .collect()
+}
+
+/// Starts the embedded simulator when `[simulator] enabled = true`. It
+/// accepts the demo credentials and every credential the config names.
+pub async fn start_simulator(config: &Config) -> anyhow::Result<Option<SimHandle>> {
+    if !config.simulator.enabled {
+        return Ok(None);
+    }
+    let listen: SocketAddr = config.simulator.listen.parse().context("simulator.listen")?;
+    let scenario = match &config.simulator.scenario {
+        Some(path) => simulator::Scenario::from_file(path).map_err(|e| anyhow::anyhow!("simulator.scenario: {e}"))?,
+        None => simulator::Scenario::default(),
+    };
+    let mut credentials = vec![SimCredentials::demo()];
+    for src in &config.sources {
+        if let ValidSource::Twitter(spec) = src {
+            for c in &spec.credentials {
+                credentials.push(SimCredentials {
+                    consumer_key: c.consumer_key.clone(),
+                    consumer_secret: c.consumer_secret.clone(),
+                    token: c.token.clone(),
+                    token_secret: c.token_secret.clone(),
+                });
+            }
+        }
+    }
+    let sim = simulator::start(SimulatorConfig {
+        listen,
+        rate: config.simulator.rate,
+        keepalive_ms: config.simulator.keepalive_ms,
+        credentials,
+        scenario,
+        record_sent: 0,
+    })
+    .await
+    .with_context(|| format!("starting the simulator on {listen}"))?;
+    tracing::info!(addr = %sim.addr(), "embedded simulator listening");
+    Ok(Some(sim))
+}
+
+/// Builds and starts every configured sink.
+pub fn start_sinks(
+    config: &Config,
+    registry: &SinkRegistry,
+    metrics: &Metrics,
+) -> Result<Vec<SinkHandle>, ConfigError> {
+    config
+        .sinks
+        .iter()
+        .map(|spec| {
+            let err =
+                |key: String, message: String| ConfigError { file: config.file.display().to_string(), key, message };
+            let kind = registry.get(&spec.kind).map_err(|e| err(spec.context.key("kind"), e.to_string()))?;
+            let sink = (kind.build)(spec.settings.clone(), &spec.context).map_err(|e| match e {
+                streamherd_actors::error::SinkError::Config { key, message } => err(key, message),
+                other => err(spec.context.key("kind"), other.to_string()),
+            })?;
+            Ok(start_sink(sink, spec.options.clone(), metrics.clone()))
+        })
+        .collect()
+}
+
+/// Starts the service inside the current actix System; a graceful stop (or
+/// every source failing) stops the System with the exit code.
+pub async fn start(config: &Config, registry: &SinkRegistry) -> anyhow::Result<Running> {
+    start_with(config, registry, true).await
+}
+
+/// Like [`start`], but a stop leaves the actix System running: for tests,
+/// `probe` and programs embedding streamherd.
+pub async fn start_embedded(config: &Config, registry: &SinkRegistry) -> anyhow::Result<Running> {
+    start_with(config, registry, false).await
+}
+
+async fn start_with(config: &Config, registry: &SinkRegistry, stop_system: bool) -> anyhow::Result<Running> {
+    install_crypto();
+    let sources = twitter_sources(config)?;
+    let simulator = start_simulator(config).await?;
+    let metrics = Metrics::default();
+    let stats = StatsRegistry::default();
+    let sinks = start_sinks(config, registry, &metrics)?;
+    let interval = Duration::from_secs_f64(config.service.stats_interval_s);
+    let supervisor = StreamSupervisor::new(sources, sinks, metrics.clone(), stats.clone(), interval)
+        .stop_system(stop_system)
+        .start();
+    Ok(Running { supervisor, simulator, metrics, stats })
+}
+
+/// Sends [`Shutdown`] with exit code 0 on SIGINT or SIGTERM; a second signal
+/// exits at once.
+pub fn handle_signals(supervisor: Addr<StreamSupervisor>) {
+    actix_rt::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        supervisor.do_send(Shutdown { exit_code: 0 });
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::warn!("second signal: exiting without waiting for sinks");
+        std::process::exit(1);
+    });
+}
+
+/// `streamherd run`: blocks until the service stops; returns the exit code.
+pub fn run(config: Config, registry: SinkRegistry) -> anyhow::Result<i32> {
+    let system = actix_rt::System::new();
+    // Spawned tasks need the System's runtime: install the handlers inside it.
+    let _running = system.block_on(async {
+        let running = start(&config, &registry).await?;
+        handle_signals(running.supervisor.clone());
+        anyhow::Ok(running)
+    })?;
+    let code = system.run_with_code()?;
+    Ok(code)
+}
+
+/// What `streamherd probe` saw.
+#[derive(Debug, Default)]
+pub struct ProbeReport {
+    /// Events per kind.
+    pub kinds: BTreeMap<&'static str, u64>,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Reconnects.
+    pub reconnects: u64,
+    /// Last error per connection, if any.
+    pub errors: Vec<String>,
+}
+
+impl std::fmt::Display for ProbeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: u64 = self.kinds.values().sum();
+        writeln!(f, "events: {total}")?;
+        for (k, n) in &self.kinds {
+            writeln!(f, "  {k}: {n}")?;
+        }
+        writeln!(f, "bytes: {}", self.bytes)?;
+        writeln!(f, "reconnects: {}", self.reconnects)?;
+        for e in &self.errors {
+            writeln!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `streamherd probe`: connects one source for `seconds`, with no sinks, and
+/// reports counts per event kind, bytes and reconnects (seed 004's `test()`).
+pub fn probe(mut config: Config, source: &str, seconds: f64) -> anyhow::Result<(ProbeReport, i32)> {
+    let keep: Vec<_> = config
+        .sources
+        .iter()
+        .filter(|s| match s {
+            ValidSource::Twitter(spec) => &*spec.name == source,
+            ValidSource::Mastodon { name, .. } => name == source,
+        })
+        .cloned()
+        .collect();
+    if keep.is_empty() {
+        return Err(ConfigError {
+            file: config.file.display().to_string(),
+            key: "sources".into(),
+            message: format!("no source is named `{source}`"),
+        }
+        .into());
+    }
+    config.sources = keep;
+    config.sinks.clear();
+    config.service.stats_interval_s = 0.0;
+    let system = actix_rt::System::new();
+    let report = system.block_on(async move {
+        let running = start_embedded(&config, &SinkRegistry::builtin()).await?;
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+        let _ = running.supervisor.send(Shutdown { exit_code: 0 }).await;
+        let mut report = ProbeReport::default();
+        for kind in EventKind::ALL {
+            let n = running
+                .metrics
+                .events_total
+                .get_or_create(&SourceKindLabels { source: source.to_owned(), kind: kind.as_str().to_owned() })
+                .get();
+            if n > 0 {
+                report.kinds.insert(kind.as_str(), n);
+            }
+        }
+        for s in running.stats.snapshots() {
+            report.bytes += s.bytes;
+            report.reconnects += s.reconnects;
+            if let Some(e) = s.last_error {
+                report.errors.push(format!("{}: {e}", s.id));
+            }
+        }
+        if let Some(sim) = running.simulator {
+            sim.stop().await;
+        }
+        anyhow::Ok(report)
+    })?;
+    let code = if report.kinds.is_empty() { 3 } else { 0 };
+    Ok((report, code))
+}

@@ -1,0 +1,195 @@
+//! Shared helpers for the whole-service tests: a simulator on 127.0.0.1:0,
+//! a config written to a temp dir, the service started in-process, and
+//! bounded waits on observable events (never sleep-and-hope).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use streamherd::app::{self, Running};
+use streamherd::config;
+use streamherd::simulator::{self, Scenario, SimCredentials, SimHandle, SimulatorConfig};
+use streamherd_actors::sinks::SinkRegistry;
+use streamherd_actors::supervisor::Shutdown;
+
+/// Starts a simulator with the demo credentials and a record of what it sent.
+pub async fn start_sim(scenario: Scenario, rate: u32, keepalive_ms: u64) -> SimHandle {
+    simulator::start(SimulatorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rate,
+        keepalive_ms,
+        credentials: vec![SimCredentials::demo()],
+        scenario,
+        record_sent: 200_000,
+    })
+    .await
+    .expect("simulator starts")
+}
+
+pub const DEMO_AUTH: &str = r#"auth = { kind = "oauth1", consumer_key = "demo-consumer-key", consumer_secret = "demo-consumer-secret", token = "demo-token", token_secret = "demo-token-secret" }"#;
+
+/// Fast backoff for tests: 20 ms network steps, 50 ms HTTP, 80 ms rate limit, no jitter.
+pub const FAST_BACKOFF: &str = r#"
+[backoff]
+network_initial_ms = 20
+network_max_ms = 200
+http_initial_ms = 50
+http_max_ms = 400
+rate_limit_initial_ms = 80
+rate_limit_max_ms = 1000
+stall_timeout_s = 5
+reset_after_s = 1800
+jitter = 0.0
+max_connects_per_s = 1000
+"#;
+
+/// A temp dir with a config file in it.
+pub struct TestConfig {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl TestConfig {
+    /// Writes `body` (with `{dir}` replaced by the temp dir) to config.toml.
+    pub fn new(body: &str) -> TestConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let body = body.replace("{dir}", &dir.path().display().to_string());
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, body).unwrap();
+        TestConfig { dir, path }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn load(&self) -> config::Config {
+        config::load(&self.path, &SinkRegistry::builtin()).expect("valid config")
+    }
+}
+
+/// A config with one source of `kind` against the simulator and one file sink
+/// writing envelopes to `{dir}/data/{source}.jsonl`.
+pub fn one_source(sim: &SimHandle, kind: &str, extra: &str) -> TestConfig {
+    TestConfig::new(&format!(
+        r#"
+[service]
+state_dir = "{{dir}}/state"
+stats_interval_s = 0
+{FAST_BACKOFF}
+[[sources]]
+name = "src"
+kind = "{kind}"
+base_url = "{url}"
+{extra}
+{DEMO_AUTH}
+
+[[sinks]]
+name = "archive"
+kind = "file"
+path = "{{dir}}/data/{{source}}.jsonl"
+fsync = "never"
+"#,
+        url = sim.base_url()
+    ))
+}
+
+/// Starts the service in the current actix System.
+pub async fn start_service(cfg: &TestConfig) -> Running {
+    app::start_embedded(&cfg.load(), &SinkRegistry::builtin()).await.expect("service starts")
+}
+
+/// Graceful stop: streams closed, sinks flushed.
+pub async fn stop_service(running: &Running) {
+    running.supervisor.send(Shutdown { exit_code: 0 }).await.unwrap();
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One parsed envelope line, with the payload kept as raw bytes.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub source: String,
+    pub kind: String,
+    pub id: Option<String>,
+    pub received_at: String,
+    pub connection: String,
+    pub for_user: Option<u64>,
+    pub stream: Option<Vec<String>>,
+    pub payload: String,
+    pub line: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvelope<'a> {
+    source: String,
+    kind: String,
+    id: Option<String>,
+    received_at: String,
+    connection: String,
+    for_user: Option<u64>,
+    stream: Option<Vec<String>>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+/// Parses every line of every `.jsonl` file under `dir` (sorted by name).
+pub fn read_envelopes(dir: &Path) -> Vec<Envelope> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    collect(dir, &mut files);
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'), "{} ends in a partial line", f.display());
+        for line in text.lines() {
+            let raw: RawEnvelope<'_> =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad envelope line ({e}): {line:.200}"));
+            out.push(Envelope {
+                source: raw.source,
+                kind: raw.kind,
+                id: raw.id,
+                received_at: raw.received_at,
+                connection: raw.connection,
+                for_user: raw.for_user,
+                stream: raw.stream,
+                payload: raw.payload.get().to_owned(),
+                line: line.to_owned(),
+            });
+        }
+    }
+    out
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect(&p, out);
+        } else if p.extension().is_some_and(|x| x == "jsonl") {
+            out.push(p);
+        }
+    }
+}
+
+/// Gaps between attempts: the time from each connection's end to the next one's start.
+pub fn waits_between_attempts(sim: &SimHandle) -> Vec<Duration> {
+    let log = sim.connections();
+    log.windows(2)
+        .map(|w| {
+            let end = w[0].closed_at.unwrap_or(w[0].opened_at);
+            w[1].opened_at.saturating_duration_since(end)
+        })
+        .collect()
+}
