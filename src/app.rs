@@ -128,6 +128,9 @@ pub async fn start_embedded(config: &Config, registry: &SinkRegistry) -> anyhow:
 
 async fn start_with(config: &Config, registry: &SinkRegistry, stop_system: bool) -> anyhow::Result<Running> {
     install_crypto();
+    if let Some(control) = &config.control {
+        tracing::warn!(listen = %control.listen, "[control] is validated but the control API is not served by this release");
+    }
     let sources = twitter_sources(config)?;
     let simulator = start_simulator(config).await?;
     let metrics = Metrics::default();

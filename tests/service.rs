@@ -138,6 +138,23 @@ fn shipped_config_prints_envelopes_and_writes_data() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0, "SIGTERM is a clean stop");
 }
 
+#[test]
+fn probe_counts_one_source_by_kind() {
+    let (dir, _) = shipped_config_copy();
+    let mut child = spawn(
+        streamherd(&["probe", "--source", "sample", "--seconds", "1.5"], dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut stdout = child.stdout.take().unwrap();
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    assert!(out.contains("events: ") && out.contains("  tweet: ") && out.contains("bytes: "), "{out}");
+    assert!(out.contains("reconnects: 0"), "{out}");
+    assert!(!dir.path().join("data").exists(), "probe writes no sinks");
+}
+
 fn broken(body: &str, key: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.toml");

@@ -19,6 +19,14 @@ fn sink_events(running: &streamherd::app::Running) -> u64 {
     running.metrics.sink_events_total.get_or_create(&Metrics::sink("archive")).get()
 }
 
+fn reconnects(running: &streamherd::app::Running, cause: &str) -> u64 {
+    running
+        .metrics
+        .reconnects_total
+        .get_or_create(&SourceCauseLabels { source: "src".into(), cause: cause.into() })
+        .get()
+}
+
 fn attempts(sim: &SimHandle) -> usize {
     sim.connections().len()
 }
@@ -159,11 +167,7 @@ async fn http_503_backs_off_doubling_then_streams() {
     assert_eq!(log[2].status, 200);
     // http_initial_ms = 50: 50 ms, then 100 ms.
     assert_waits(&sim, &[50, 100]);
-    let reconnects = running
-        .metrics
-        .reconnects_total
-        .get_or_create(&SourceCauseLabels { source: "src".into(), cause: "http".into() })
-        .get();
+    let reconnects = reconnects(&running, "http");
     assert_eq!(reconnects, 2);
     sim.stop().await;
 }
@@ -196,11 +200,7 @@ async fn tcp_reset_uses_the_linear_schedule() {
     assert!(log[..4].iter().all(|c| c.end == "reset"), "{log:?}");
     // network_initial_ms = 20: 20, 40, 60, 80 ms.
     assert_waits(&sim, &[20, 40, 60, 80]);
-    let network = running
-        .metrics
-        .reconnects_total
-        .get_or_create(&SourceCauseLabels { source: "src".into(), cause: "network".into() })
-        .get();
+    let network = reconnects(&running, "network");
     assert_eq!(network, 4, "a reset is a network error");
     sim.stop().await;
 }
@@ -246,11 +246,7 @@ async fn silence_past_the_stall_timeout_reconnects() {
     let gap = log[1].opened_at - log[0].opened_at;
     assert!(gap >= Duration::from_millis(300), "reconnected after {gap:?}, before the stall timeout");
     assert!(gap < Duration::from_millis(1500), "stall noticed too late: {gap:?}");
-    let stalls = running
-        .metrics
-        .reconnects_total
-        .get_or_create(&SourceCauseLabels { source: "src".into(), cause: "stall".into() })
-        .get();
+    let stalls = reconnects(&running, "stall");
     assert_eq!(stalls, 1);
     sim.stop().await;
 }
@@ -391,5 +387,43 @@ async fn a_supervised_stream_actor_is_restarted_after_the_backoff_wait() {
     stop_service(&running).await;
     // EOF mid-stream is a network-class cause: 20 ms, then 40 ms.
     assert_waits(&sim, &[20, 40]);
+    sim.stop().await;
+}
+
+#[actix_rt::test]
+async fn envelope_lines_follow_the_spec_field_by_field() {
+    let scenario = Scenario { then: AttemptScript { mix: Mix::Catalog, ..Default::default() }, ..Default::default() };
+    let sim = start_sim(scenario, 0, 1000).await;
+    let cfg = one_source(&sim, "twitter.filter", "track = [\"rust\"]");
+    let running = start_service(&cfg).await;
+    wait_for(T, "events", || sink_events(&running) >= 20).await;
+    stop_service(&running).await;
+    let envs = read_envelopes(&cfg.data());
+    for e in &envs {
+        // Field order of SPEC 4, payload last and raw.
+        let order = [
+            "\"source\":",
+            "\"kind\":",
+            "\"id\":",
+            "\"received_at\":",
+            "\"connection\":",
+            "\"for_user\":",
+            "\"stream\":",
+            "\"payload\":",
+        ];
+        let head = &e.line[..e.line.len() - e.payload.len()];
+        let at: Vec<usize> =
+            order.iter().map(|k| head.find(k).unwrap_or_else(|| panic!("{k} missing: {head}"))).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "field order: {head}");
+        assert!(e.line.starts_with("{\"source\":\"src\",\"kind\":"), "{head}");
+        assert!(e.line.ends_with(&format!("\"payload\":{}}}", e.payload)));
+        assert_eq!(e.connection, "src/0");
+        assert_eq!(e.stream, None);
+        assert_eq!(e.for_user, None);
+        // 2026-11-22T10:00:00.123456Z
+        let ts = &e.received_at;
+        assert_eq!(ts.len(), 27, "{ts}");
+        assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.ends_with('Z'), "{ts}");
+    }
     sim.stop().await;
 }

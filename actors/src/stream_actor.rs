@@ -220,7 +220,8 @@ async fn read_stream(
         Method::Post => client.post(&signed.url),
     }
     .insert_header((awc::http::header::AUTHORIZATION, signed.authorization.as_str()));
-    tracing::info!(connection = %spec.id, url = %signed.url, "connecting");
+    // The base URL only: a site stream's query names 100 users.
+    tracing::info!(connection = %spec.id, url = %spec.request.url, params = spec.request.params.len(), "connecting");
     let sent = match signed.body {
         Some(body) => request.content_type("application/x-www-form-urlencoded").send_body(body).await,
         None => request.send().await,
