@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -14,7 +15,7 @@ use streamherd_actors::shard_planner::SourceSpec;
 use streamherd_actors::sink_actor::{start_sink, SinkHandle};
 use streamherd_actors::sinks::SinkRegistry;
 use streamherd_actors::stats::StatsRegistry;
-use streamherd_actors::supervisor::{Shutdown, StreamSupervisor};
+use streamherd_actors::supervisor::{ReloadHook, Shutdown, StreamSupervisor};
 
 use crate::config::{Config, ConfigError, ValidSource};
 use crate::simulator::{self, SimCredentials, SimHandle, SimulatorConfig};
@@ -137,7 +138,12 @@ async fn start_with(config: &Config, registry: &SinkRegistry, stop_system: bool)
     let stats = StatsRegistry::default();
     let sinks = start_sinks(config, registry, &metrics)?;
     let interval = Duration::from_secs_f64(config.service.stats_interval_s);
+    let (file, hook_registry) = (config.file.clone(), registry.clone());
+    let reload: ReloadHook =
+        Arc::new(move || crate::config::reload_predicates(&file, &hook_registry).map_err(|e| e.to_string()));
     let supervisor = StreamSupervisor::new(sources, sinks, metrics.clone(), stats.clone(), interval)
+        .state_dir(config.service.state_dir.clone())
+        .reload_hook(reload)
         .stop_system(stop_system)
         .start();
     Ok(Running { supervisor, simulator, metrics, stats })

@@ -109,6 +109,22 @@ pub struct ControlConfig {
     pub token: Option<Secret>,
 }
 
+impl ControlConfig {
+    /// The bearer token with `${VAR}` resolved (`None`: no token, every route
+    /// open). Validation already resolved it once; this errs only if the
+    /// variable vanished since, or the token is empty (which would open
+    /// every route to `Authorization: Bearer `).
+    pub fn resolved_token(&self) -> Result<Option<String>, ConfigError> {
+        let err = |message: String| ConfigError { file: "(environment)".into(), key: "control.token".into(), message };
+        let Some(secret) = &self.token else { return Ok(None) };
+        let token = secret.resolve("control.token").map_err(|(_, m)| err(m))?;
+        if token.trim().is_empty() {
+            return Err(err("must not be empty".into()));
+        }
+        Ok(Some(token))
+    }
+}
+
 fn default_control_listen() -> String {
     "127.0.0.1:8890".into()
 }
@@ -820,7 +836,12 @@ fn validate_source(
         stall_timeout,
         max_message_bytes: service.max_message_bytes,
         backoff: backoff.clone(),
+        update_min: secs(&key("update.min_delay_s"), src.update.min_delay_s)?,
+        update_max: secs(&key("update.max_delay_s"), src.update.max_delay_s)?,
     };
+    if spec.update_min > spec.update_max {
+        return Err((key("update.min_delay_s"), "must not exceed max_delay_s".into()));
+    }
     plan_shards(&spec).map_err(|e| (key("follow"), e.to_string()))?;
     Ok(ValidSource::Twitter(Box::new(spec)))
 }
@@ -921,6 +942,30 @@ fn validate_sink(
         settings,
         context,
     })
+}
+
+/// The predicates of every Twitter source, re-read from `file` and its
+/// follow files (`POST /update`).
+pub fn reload_predicates(
+    file: &Path,
+    registry: &SinkRegistry,
+) -> Result<Vec<(String, streamherd_actors::control_messages::ReplacePredicates)>, ConfigError> {
+    let config = load(file, registry)?;
+    Ok(config
+        .sources
+        .into_iter()
+        .filter_map(|s| match s {
+            ValidSource::Twitter(spec) => Some((
+                spec.name.to_string(),
+                streamherd_actors::control_messages::ReplacePredicates {
+                    follow: spec.query.follow,
+                    track: spec.query.track,
+                    locations: spec.query.locations,
+                },
+            )),
+            ValidSource::Mastodon { .. } => None,
+        })
+        .collect())
 }
 
 /// `streamherd check`'s description of what would run.

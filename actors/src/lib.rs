@@ -14,3 +14,7 @@ pub mod sinks;
 pub mod stats;
 pub mod stream_actor;
 pub mod supervisor;
+pub mod dedup;
+pub mod plan;
+pub mod control_messages;
+pub mod control_stream;

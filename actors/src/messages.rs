@@ -259,3 +259,18 @@ pub struct StreamFailed {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct StopStream;
+
+/// A site stream announced its control stream (`control_uri`).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ControlAnnounced {
+    /// Connection id.
+    pub connection: Arc<str>,
+    /// The `control_uri`, e.g. `/1.1/site/c/1_1_54e3`.
+    pub control_uri: String,
+}
+
+/// Replace the request a connection uses for its next (re)connect.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SetRequest(pub crate::protocol::request::StreamRequest);

@@ -1,20 +1,32 @@
 //! One `ShardPlanner` per source: owns the source's predicates, splits them
-//! into shards (one connection each) with the pure [`plan_shards`], starts a
-//! supervised `StreamActor` per shard and follows their lifecycle.
+//! into shards (one connection each), starts a supervised `StreamActor` per
+//! shard and keeps the plan true as follows change: site streams through
+//! their control streams, everything else by make-before-break restarts
+//! paced by seed 002's update scheduling. API follow changes persist in
+//! `state_dir`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use crate::backoff::{BackoffActor, BackoffConfig};
-use crate::messages::{StopStream, StreamConnected, StreamDisconnected, StreamFailed};
+use crate::control_messages::{
+    ChangeFollows, Consolidate, Consolidated, FollowsChanged, GetSourceHealth, ReplacePredicates, SourceHealth,
+};
+use crate::control_stream::{self, ControlOp};
+use crate::dedup::{DedupWindow, DEFAULT_WINDOW};
+use crate::messages::{
+    ControlAnnounced, SetRequest, StopStream, StreamConnected, StreamDisconnected, StreamFailed,
+};
 use crate::metrics::Metrics;
+use crate::plan::{consolidate, solve_site, Assignment, UpdateScheduler};
 use crate::protocol::framing::Delimiting;
 use crate::protocol::request::{twitter_request, OAuthCredentials, TwitterEndpoint, TwitterQuery};
 use crate::sink_actor::SinkHandle;
-use crate::stats::{ConnectionStats, SourceCounters, StatsRegistry};
+use crate::stats::{Carries, ConnectionState, ConnectionStats, SourceCounters, StatsRegistry};
 use crate::stream_actor::{ConnectionSpec, LifecycleRecipients, StreamActor};
 
 /// Per-connection limits of the public filter endpoint (protocols.md A.2).
@@ -49,6 +61,10 @@ pub struct SourceSpec {
     pub max_message_bytes: usize,
     /// Reconnect rules.
     pub backoff: BackoffConfig,
+    /// Seed 002's `min_update_delay`: at most one predicate restart per this long.
+    pub update_min: Duration,
+    /// Seed 002's `max_update_delay`: with one change pending, restart after this long.
+    pub update_max: Duration,
 }
 
 /// One connection's share of the source's predicates.
@@ -78,6 +94,12 @@ pub enum PlanError {
     /// A filter stream needs at least one predicate.
     #[error("follow/track/locations: a filter stream needs at least one predicate")]
     NoPredicate,
+    /// The operation does not apply to this kind of source.
+    #[error("{0}")]
+    NotApplicable(String),
+    /// Persisting the change failed; nothing was applied.
+    #[error("cannot persist follows in state_dir: {0}")]
+    Persist(String),
 }
 
 fn chunks_needed(len: usize, per: usize) -> usize {
@@ -187,25 +209,396 @@ pub struct PlannerContext {
     pub arbiters: Vec<ArbiterHandle>,
     /// Told when the source failed for good.
     pub on_failed: Recipient<SourceFailed>,
+    /// Where follow changes made through the API are kept across restarts.
+    pub state_dir: PathBuf,
 }
 
-struct Connection {
+/// Follow changes made through the API, applied on top of the config's list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FollowDelta {
+    /// Ids added.
+    pub added: BTreeSet<u64>,
+    /// Ids removed.
+    pub removed: BTreeSet<u64>,
+}
+
+impl FollowDelta {
+    fn apply(&self, base: &[u64]) -> Vec<u64> {
+        let mut seen = BTreeSet::new();
+        base.iter()
+            .chain(self.added.iter())
+            .copied()
+            .filter(|id| !self.removed.contains(id) && seen.insert(*id))
+            .collect()
+    }
+
+    /// `state_dir/<source>/follows.json`.
+    pub fn path(state_dir: &Path, source: &str) -> PathBuf {
+        state_dir.join(source).join("follows.json")
+    }
+
+    /// Reads the persisted delta; a missing file is an empty delta.
+    pub fn load(path: &Path) -> Result<FollowDelta, String> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FollowDelta::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Writes atomically: a temp file, fsync, rename, fsync of the directory.
+    pub fn store(&self, path: &Path) -> Result<(), String> {
+        use std::io::Write;
+        let dir = path.parent().ok_or_else(|| format!("{}: no parent directory", path.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        f.write_all(&body).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Started, not yet answered 200.
+    Starting,
+    /// Streaming.
+    Connected,
+    /// Failed for good.
+    Failed,
+}
+
+/// One live connection as the planner sees it.
+struct LiveShard {
+    id: Arc<str>,
+    credential: usize,
+    /// What the connection should carry.
+    query: TwitterQuery,
+    /// Site streams: the follows the server carries for it now (connect
+    /// request plus control-stream changes).
+    has: BTreeSet<u64>,
+    control_uri: Option<String>,
     addr: Addr<StreamActor>,
-    failed: bool,
+    stats: Arc<ConnectionStats>,
+    phase: Phase,
+    /// Make-before-break: the shard this one replaces, retired once this one answers 200.
+    replaces: Option<usize>,
+    /// A control-stream call is in flight; later changes wait for it.
+    syncing: bool,
 }
 
 /// Owns one source's shards and their connections.
 pub struct ShardPlanner {
     spec: SourceSpec,
+    /// Follows from the config (`follow` + `follow_file`), before API changes.
+    config_follows: Vec<u64>,
+    delta: FollowDelta,
     ctx: PlannerContext,
-    connections: HashMap<Arc<str>, Connection>,
+    backoff: Option<Addr<BackoffActor>>,
+    counters: Option<SourceCounters>,
+    dedup: Arc<DedupWindow>,
+    shards: BTreeMap<usize, LiveShard>,
+    next_index: usize,
+    scheduler: UpdateScheduler,
+    update_timer: Option<(SpawnHandle, Instant)>,
     stopping: bool,
+    failed_reported: bool,
 }
 
 impl ShardPlanner {
     /// A planner for a validated source.
     pub fn new(spec: SourceSpec, ctx: PlannerContext) -> Self {
-        ShardPlanner { spec, ctx, connections: HashMap::new(), stopping: false }
+        let scheduler = UpdateScheduler::new(spec.update_min, spec.update_max);
+        ShardPlanner {
+            config_follows: spec.query.follow.clone(),
+            delta: FollowDelta::default(),
+            spec,
+            ctx,
+            backoff: None,
+            counters: None,
+            dedup: Arc::new(DedupWindow::new(DEFAULT_WINDOW)),
+            shards: BTreeMap::new(),
+            next_index: 0,
+            scheduler,
+            update_timer: None,
+            stopping: false,
+            failed_reported: false,
+        }
+    }
+
+    fn is_site(&self) -> bool {
+        self.spec.endpoint == TwitterEndpoint::Site
+    }
+
+    fn site_limit(&self) -> usize {
+        self.spec.follow_limit.max(1)
+    }
+
+    /// The follow ids a site connect request names: at most 100.
+    fn connect_follows(&self, want: &[u64]) -> Vec<u64> {
+        if self.is_site() {
+            want.iter().copied().take(SITE_MAX_CONNECT_FOLLOWS).collect()
+        } else {
+            want.to_vec()
+        }
+    }
+
+    fn request_for(&self, query: &TwitterQuery) -> crate::protocol::request::StreamRequest {
+        let mut q = query.clone();
+        q.follow = self.connect_follows(&query.follow);
+        twitter_request(self.spec.endpoint, &self.spec.base_url, &q)
+    }
+
+    /// Starts a connection for `query`; returns its index.
+    fn start_shard(&mut self, ctx: &mut Context<Self>, credential: usize, query: TwitterQuery, replaces: Option<usize>) -> Option<usize> {
+        let (Some(backoff), Some(counters)) = (self.backoff.clone(), self.counters.clone()) else { return None };
+        let index = self.next_index;
+        self.next_index += 1;
+        let id: Arc<str> = format!("{}/{}", self.spec.name, index).into();
+        let Some(credentials) = self.spec.credentials.get(credential).cloned() else {
+            tracing::error!(connection = %id, "no credential for this shard");
+            return None;
+        };
+        let me = ctx.address();
+        let lifecycle = LifecycleRecipients {
+            connected: me.clone().recipient(),
+            disconnected: me.clone().recipient(),
+            failed: me.clone().recipient(),
+            control: me.recipient(),
+        };
+        let spec = ConnectionSpec {
+            id: id.clone(),
+            source: self.spec.name.clone(),
+            request: self.request_for(&query),
+            credentials,
+            delimiting: if self.spec.query.delimited { Delimiting::Length } else { Delimiting::Lines },
+            stall_timeout: self.spec.stall_timeout,
+            reset_after: self.spec.backoff.reset_after,
+            max_message_bytes: self.spec.max_message_bytes,
+        };
+        let carries = Carries { follow: query.follow.clone(), track: query.track.clone(), locations: query.locations.clone() };
+        let stats = ConnectionStats::new(id.clone(), self.spec.name.clone(), carries, counters);
+        self.ctx.stats.add(stats.clone());
+        let (sinks, dedup, actor_stats) = (self.ctx.sinks.clone(), self.dedup.clone(), stats.clone());
+        let make = move |_: &mut Context<StreamActor>| StreamActor::new(spec, backoff, sinks, lifecycle, actor_stats, dedup);
+        let addr = match self.ctx.arbiters.get(index % self.ctx.arbiters.len().max(1)) {
+            Some(arbiter) => actix::Supervisor::start_in_arbiter(arbiter, make),
+            None => actix::Supervisor::start(make),
+        };
+        tracing::info!(connection = %id, follows = query.follow.len(), replaces = ?replaces.map(|r| format!("{}/{r}", self.spec.name)), "connection planned");
+        self.shards.insert(
+            index,
+            LiveShard { id, credential, query, has: BTreeSet::new(), control_uri: None, addr, stats, phase: Phase::Starting, replaces, syncing: false },
+        );
+        Some(index)
+    }
+
+    fn retire(&mut self, index: usize) {
+        if let Some(shard) = self.shards.remove(&index) {
+            tracing::info!(connection = %shard.id, "connection retired");
+            shard.addr.do_send(StopStream);
+            self.ctx.stats.remove(&shard.id);
+        }
+    }
+
+    fn index_of(&self, connection: &str) -> Option<usize> {
+        self.shards.iter().find(|(_, s)| &*s.id == connection).map(|(i, _)| *i)
+    }
+
+    /// Shards that are not being replaced: the current plan.
+    fn current_site_assignment(&self) -> Assignment {
+        let replaced: BTreeSet<usize> = self.shards.values().filter_map(|s| s.replaces).collect();
+        self.shards
+            .iter()
+            .filter(|(i, _)| !replaced.contains(i))
+            .map(|(i, s)| (*i, s.query.follow.iter().copied().collect()))
+            .collect()
+    }
+
+    fn desired_follows(&self) -> Vec<u64> {
+        self.delta.apply(&self.config_follows)
+    }
+
+    /// Site streams: move the plan to the desired follows.
+    fn apply_site(&mut self, ctx: &mut Context<Self>) -> String {
+        let desired: BTreeSet<u64> = self.desired_follows().into_iter().collect();
+        let current = self.current_site_assignment();
+        let plan = solve_site(&current, &desired, self.site_limit());
+        let mut touched = BTreeSet::new();
+        for (index, ids) in &plan.remove {
+            if let Some(s) = self.shards.get_mut(index) {
+                s.query.follow.retain(|id| !ids.contains(id));
+                touched.insert(*index);
+            }
+        }
+        for (index, ids) in &plan.add {
+            if let Some(s) = self.shards.get_mut(index) {
+                s.query.follow.extend(ids.iter().copied());
+                touched.insert(*index);
+            }
+        }
+        for index in &plan.close {
+            touched.remove(index);
+            self.retire(*index);
+        }
+        for ids in &plan.open {
+            let query = TwitterQuery { follow: ids.iter().copied().collect(), ..self.spec.query.clone() };
+            self.start_shard(ctx, 0, query, None);
+        }
+        let mut how = if plan.open.is_empty() { "control_stream" } else { "control_stream+new_connections" };
+        for index in touched {
+            if self.sync_shard(ctx, index) {
+                how = "restart";
+            }
+        }
+        if plan.moves() == 0 {
+            how = "none";
+        }
+        self.spec.query.follow = desired.into_iter().collect();
+        how.to_owned()
+    }
+
+    /// Brings one site shard's server-side follows to its wanted set: through
+    /// its control stream when it has one, else the next connect carries the
+    /// new set, or (when it is streaming without a control stream) a
+    /// make-before-break restart. Returns true when it restarted.
+    fn sync_shard(&mut self, ctx: &mut Context<Self>, index: usize) -> bool {
+        let request = match self.shards.get(&index) {
+            Some(s) => self.request_for(&s.query),
+            None => return false,
+        };
+        let Some(shard) = self.shards.get_mut(&index) else { return false };
+        shard.addr.do_send(SetRequest(request));
+        shard.stats.set_follows(shard.query.follow.clone());
+        if shard.syncing || shard.phase != Phase::Connected {
+            return false;
+        }
+        let want: BTreeSet<u64> = shard.query.follow.iter().copied().collect();
+        let add: Vec<u64> = want.difference(&shard.has).copied().collect();
+        let remove: Vec<u64> = shard.has.difference(&want).copied().collect();
+        if add.is_empty() && remove.is_empty() {
+            return false;
+        }
+        let Some(uri) = shard.control_uri.clone() else {
+            let (credential, query) = (shard.credential, shard.query.clone());
+            self.start_shard(ctx, credential, query, Some(index));
+            return true;
+        };
+        shard.syncing = true;
+        let Some(creds) = self.spec.credentials.get(shard.credential).cloned() else { return false };
+        let base = self.spec.base_url.clone();
+        let timeout = self.spec.stall_timeout.min(Duration::from_secs(30));
+        let id = shard.id.clone();
+        async move {
+            // Adds first: a user moving between connections is never on neither.
+            control_stream::call(&base, &uri, ControlOp::AddUser, &add, &creds, timeout).await?;
+            control_stream::call(&base, &uri, ControlOp::RemoveUser, &remove, &creds, timeout).await?;
+            Ok::<_, String>((add, remove))
+        }
+        .into_actor(self)
+        .map(move |result, act, ctx| {
+            let Some(shard) = act.shards.get_mut(&index) else { return };
+            shard.syncing = false;
+            match result {
+                Ok((add, remove)) => {
+                    shard.has.extend(add);
+                    shard.has.retain(|id| !remove.contains(id));
+                    tracing::debug!(connection = %id, follows = shard.has.len(), "control stream updated");
+                    // Changes that arrived meanwhile.
+                    act.sync_shard(ctx, index);
+                }
+                Err(e) => {
+                    tracing::warn!(connection = %id, error = %e, "control stream call failed; restarting the connection make-before-break");
+                    let (credential, query) = (shard.credential, shard.query.clone());
+                    act.start_shard(ctx, credential, query, Some(index));
+                }
+            }
+        })
+        .spawn(ctx);
+        false
+    }
+
+    /// Filter, sample and user streams: a predicate change waits for seed
+    /// 002's schedule, then restarts make-before-break.
+    fn request_update(&mut self, ctx: &mut Context<Self>) -> String {
+        let now = Instant::now();
+        // Seed 002: an update about to fire takes the new change with it.
+        let soon = self.spec.update_min.min(Duration::from_secs(2));
+        if let Some((_, at)) = self.update_timer {
+            if at <= now + soon {
+                self.scheduler.request(now);
+                return "scheduled".into();
+            }
+        }
+        let delay = self.scheduler.request(now);
+        if let Some((handle, _)) = self.update_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        tracing::info!(source = %self.spec.name, delay_ms = delay.as_millis() as u64, pending = self.scheduler.pending(), "predicate update scheduled");
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.update_timer = None;
+            act.apply_update(ctx);
+        });
+        self.update_timer = Some((handle, now + delay));
+        if delay.is_zero() { "restart".into() } else { "scheduled".into() }
+    }
+
+    fn apply_update(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        self.scheduler.applied(Instant::now());
+        self.spec.query.follow = self.desired_follows();
+        let shards = match plan_shards(&self.spec) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(source = %self.spec.name, error = %e, "new predicates cannot be planned; keeping the current connections");
+                return;
+            }
+        };
+        let current: Vec<(usize, usize, TwitterQuery)> = self
+            .shards
+            .iter()
+            .filter(|(_, s)| s.replaces.is_none())
+            .map(|(i, s)| (*i, s.credential, s.query.clone()))
+            .collect();
+        for shard in &shards {
+            match current.iter().find(|(_, cred, _)| *cred == shard.credential) {
+                Some((_, _, q)) if *q == shard.query => {}
+                Some((index, _, _)) => {
+                    self.start_shard(ctx, shard.credential, shard.query.clone(), Some(*index));
+                }
+                None => {
+                    self.start_shard(ctx, shard.credential, shard.query.clone(), None);
+                }
+            }
+        }
+        for (index, cred, _) in current {
+            if !shards.iter().any(|s| s.credential == cred) {
+                self.retire(index);
+            }
+        }
+    }
+
+    fn persist(&self) -> Result<(), PlanError> {
+        self.delta.store(&FollowDelta::path(&self.ctx.state_dir, &self.spec.name)).map_err(PlanError::Persist)
+    }
+
+    fn check_failed(&mut self) {
+        if !self.stopping
+            && !self.failed_reported
+            && !self.shards.is_empty()
+            && self.shards.values().all(|s| s.phase == Phase::Failed)
+        {
+            self.failed_reported = true;
+            tracing::error!(source = %self.spec.name, "every connection of the source failed for good");
+            self.ctx.on_failed.do_send(SourceFailed { source: self.spec.name.clone() });
+        }
     }
 }
 
@@ -213,106 +606,255 @@ impl Actor for ShardPlanner {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let shards = match plan_shards(&self.spec) {
-            Ok(s) => s,
+        match FollowDelta::load(&FollowDelta::path(&self.ctx.state_dir, &self.spec.name)) {
+            Ok(delta) => {
+                if delta != FollowDelta::default() {
+                    tracing::info!(source = %self.spec.name, added = delta.added.len(), removed = delta.removed.len(), "follow changes restored from state_dir");
+                }
+                self.delta = delta;
+            }
+            Err(e) => tracing::error!(source = %self.spec.name, error = %e, "cannot read persisted follow changes; starting from the config"),
+        }
+        self.spec.query.follow = self.desired_follows();
+        self.backoff = Some(BackoffActor::new(self.spec.backoff.clone()).start());
+        self.counters = Some(SourceCounters::new(&self.ctx.metrics, &self.spec.name));
+        if self.is_site() {
+            self.apply_site(ctx);
+            return;
+        }
+        match plan_shards(&self.spec) {
+            Ok(shards) => {
+                for shard in shards {
+                    self.start_shard(ctx, shard.credential, shard.query, None);
+                }
+            }
             Err(e) => {
                 tracing::error!(source = %self.spec.name, error = %e, "source cannot be planned");
                 self.ctx.on_failed.do_send(SourceFailed { source: self.spec.name.clone() });
-                return;
             }
-        };
-        let backoff = BackoffActor::new(self.spec.backoff.clone()).start();
-        let counters = SourceCounters::new(&self.ctx.metrics, &self.spec.name);
-        let me = ctx.address();
-        let lifecycle = LifecycleRecipients {
-            connected: me.clone().recipient(),
-            disconnected: me.clone().recipient(),
-            failed: me.recipient(),
-        };
-        let delimiting = if self.spec.query.delimited { Delimiting::Length } else { Delimiting::Lines };
-        for shard in shards {
-            let id: Arc<str> = format!("{}/{}", self.spec.name, shard.index).into();
-            let Some(credentials) = self.spec.credentials.get(shard.credential).cloned() else {
-                tracing::error!(connection = %id, "no credential for this shard");
-                continue;
-            };
-            let spec = ConnectionSpec {
-                id: id.clone(),
-                source: self.spec.name.clone(),
-                request: twitter_request(self.spec.endpoint, &self.spec.base_url, &shard.query),
-                credentials,
-                delimiting,
-                stall_timeout: self.spec.stall_timeout,
-                reset_after: self.spec.backoff.reset_after,
-                max_message_bytes: self.spec.max_message_bytes,
-            };
-            let carries = describe(&shard.query);
-            let stats = ConnectionStats::new(id.clone(), self.spec.name.clone(), carries, counters.clone());
-            self.ctx.stats.add(stats.clone());
-            let sinks = self.ctx.sinks.clone();
-            let backoff = backoff.clone();
-            let lifecycle = lifecycle.clone();
-            let addr = match self.ctx.arbiters.get(shard.index % self.ctx.arbiters.len().max(1)) {
-                Some(arbiter) => actix::Supervisor::start_in_arbiter(arbiter, move |_| {
-                    StreamActor::new(spec, backoff, sinks, lifecycle, stats)
-                }),
-                None => actix::Supervisor::start(move |_| StreamActor::new(spec, backoff, sinks, lifecycle, stats)),
-            };
-            self.connections.insert(id, Connection { addr, failed: false });
         }
-    }
-}
-
-fn describe(q: &TwitterQuery) -> String {
-    let mut parts = Vec::new();
-    if !q.follow.is_empty() {
-        parts.push(format!("{} follows", q.follow.len()));
-    }
-    if !q.track.is_empty() {
-        parts.push(format!("{} track terms", q.track.len()));
-    }
-    if !q.locations.is_empty() {
-        parts.push(format!("{} location boxes", q.locations.len()));
-    }
-    if parts.is_empty() {
-        "everything the stream sends".into()
-    } else {
-        parts.join(", ")
     }
 }
 
 impl Handler<StreamConnected> for ShardPlanner {
     type Result = ();
-    fn handle(&mut self, msg: StreamConnected, _: &mut Context<Self>) {
-        tracing::debug!(connection = %msg.connection, "stream connected");
+    fn handle(&mut self, msg: StreamConnected, ctx: &mut Context<Self>) {
+        let Some(index) = self.index_of(&msg.connection) else { return };
+        let connect_set: BTreeSet<u64> = match self.shards.get(&index) {
+            Some(s) => self.connect_follows(&s.query.follow).into_iter().collect(),
+            None => return,
+        };
+        let Some(shard) = self.shards.get_mut(&index) else { return };
+        shard.phase = Phase::Connected;
+        shard.has = connect_set;
+        // Make-before-break: the new connection answered 200, the old one goes now.
+        if let Some(old) = shard.replaces.take() {
+            self.retire(old);
+        }
+        self.sync_shard(ctx, index);
+    }
+}
+
+impl Handler<ControlAnnounced> for ShardPlanner {
+    type Result = ();
+    fn handle(&mut self, msg: ControlAnnounced, ctx: &mut Context<Self>) {
+        let Some(index) = self.index_of(&msg.connection) else { return };
+        if let Some(shard) = self.shards.get_mut(&index) {
+            tracing::debug!(connection = %shard.id, control_uri = %msg.control_uri, "control stream announced");
+            shard.control_uri = Some(msg.control_uri);
+        }
+        // Follows beyond what the connect request could name join now.
+        self.sync_shard(ctx, index);
     }
 }
 
 impl Handler<StreamDisconnected> for ShardPlanner {
     type Result = ();
     fn handle(&mut self, msg: StreamDisconnected, _: &mut Context<Self>) {
-        tracing::debug!(connection = %msg.connection, cause = %msg.cause, "stream disconnected");
+        let Some(index) = self.index_of(&msg.connection) else { return };
+        if let Some(shard) = self.shards.get_mut(&index) {
+            // The control stream dies with the connection; the reconnect carries the wanted set.
+            shard.phase = Phase::Starting;
+            shard.control_uri = None;
+            shard.has.clear();
+        }
     }
 }
 
 impl Handler<StreamFailed> for ShardPlanner {
     type Result = ();
     fn handle(&mut self, msg: StreamFailed, _: &mut Context<Self>) {
-        if let Some(c) = self.connections.get_mut(&msg.connection) {
-            c.failed = true;
+        let Some(index) = self.index_of(&msg.connection) else { return };
+        if let Some(shard) = self.shards.get_mut(&index) {
+            shard.phase = Phase::Failed;
         }
-        if !self.stopping && !self.connections.is_empty() && self.connections.values().all(|c| c.failed) {
-            tracing::error!(source = %self.spec.name, "every connection of the source failed for good");
-            self.ctx.on_failed.do_send(SourceFailed { source: self.spec.name.clone() });
+        // A replacement that failed leaves the old connection in place.
+        if let Some(old) = self.shards.get_mut(&index).and_then(|s| s.replaces.take()) {
+            tracing::warn!(connection = %msg.connection, "replacement failed; the connection it was to replace stays");
+            let _ = old;
         }
+        self.check_failed();
+    }
+}
+
+impl Handler<ChangeFollows> for ShardPlanner {
+    type Result = Result<FollowsChanged, PlanError>;
+
+    fn handle(&mut self, msg: ChangeFollows, ctx: &mut Context<Self>) -> Self::Result {
+        if matches!(self.spec.endpoint, TwitterEndpoint::Sample | TwitterEndpoint::User) {
+            return Err(PlanError::NotApplicable(format!("source `{}` does not take follow ids", self.spec.name)));
+        }
+        let before: BTreeSet<u64> = self.desired_follows().into_iter().collect();
+        let mut delta = self.delta.clone();
+        for id in &msg.add {
+            delta.removed.remove(id);
+            if !self.config_follows.contains(id) {
+                delta.added.insert(*id);
+            }
+        }
+        for id in &msg.remove {
+            delta.added.remove(id);
+            if self.config_follows.contains(id) {
+                delta.removed.insert(*id);
+            }
+        }
+        let after: BTreeSet<u64> = delta.apply(&self.config_follows).into_iter().collect();
+        // Reject what cannot be planned before anything changes.
+        let mut probe = self.spec.clone();
+        probe.query.follow = after.iter().copied().collect();
+        if self.is_site() {
+            let needed = after.len().div_ceil(self.site_limit());
+            if needed > self.spec.max_connections {
+                return Err(PlanError::TooMany { field: "follow", needed, reason: format!("max_connections is {}", self.spec.max_connections) });
+            }
+        } else {
+            plan_shards(&probe)?;
+        }
+        self.delta = delta;
+        self.persist()?;
+        let added = after.difference(&before).count();
+        let removed = before.difference(&after).count();
+        let applied = if added + removed == 0 {
+            "none".to_owned()
+        } else if self.is_site() {
+            self.apply_site(ctx)
+        } else {
+            self.request_update(ctx)
+        };
+        Ok(FollowsChanged { follows: after.len(), added, removed, applied })
+    }
+}
+
+impl Handler<ReplacePredicates> for ShardPlanner {
+    type Result = Result<FollowsChanged, PlanError>;
+
+    fn handle(&mut self, msg: ReplacePredicates, ctx: &mut Context<Self>) -> Self::Result {
+        let before: BTreeSet<u64> = self.desired_follows().into_iter().collect();
+        let mut probe = self.spec.clone();
+        probe.query.follow = self.delta.apply(&msg.follow);
+        probe.query.track = msg.track.clone();
+        probe.query.locations = msg.locations.clone();
+        if !self.is_site() {
+            plan_shards(&probe)?;
+        }
+        let predicates_changed = probe.query.track != self.spec.query.track || probe.query.locations != self.spec.query.locations;
+        self.config_follows = msg.follow;
+        self.spec.query.track = msg.track;
+        self.spec.query.locations = msg.locations;
+        let after: BTreeSet<u64> = self.desired_follows().into_iter().collect();
+        let added = after.difference(&before).count();
+        let removed = before.difference(&after).count();
+        let applied = if added + removed == 0 && !predicates_changed {
+            "none".to_owned()
+        } else if self.is_site() {
+            self.apply_site(ctx)
+        } else {
+            self.request_update(ctx)
+        };
+        Ok(FollowsChanged { follows: after.len(), added, removed, applied })
+    }
+}
+
+impl Handler<Consolidate> for ShardPlanner {
+    type Result = Result<Consolidated, PlanError>;
+
+    fn handle(&mut self, _: Consolidate, ctx: &mut Context<Self>) -> Self::Result {
+        if !self.is_site() {
+            return Err(PlanError::NotApplicable(format!("source `{}` is not a site stream; only site streams consolidate", self.spec.name)));
+        }
+        let current = self.current_site_assignment();
+        let before = current.len();
+        let (moves, close) = consolidate(&current, self.site_limit());
+        let moved = moves.iter().map(|m| m.ids.len()).sum();
+        // Targets gain their ids first; sources lose theirs in the same sync,
+        // which adds before it removes on each connection.
+        for m in &moves {
+            if let Some(to) = self.shards.get_mut(&m.to) {
+                to.query.follow.extend(m.ids.iter().copied());
+            }
+        }
+        for m in &moves {
+            if let Some(from) = self.shards.get_mut(&m.from) {
+                from.query.follow.retain(|id| !m.ids.contains(id));
+            }
+        }
+        let targets: BTreeSet<usize> = moves.iter().map(|m| m.to).collect();
+        for index in targets {
+            self.sync_shard(ctx, index);
+        }
+        // Emptied connections close once their users have joined the targets:
+        // retiring them now could drop a user whose add is still in flight, so
+        // wait for the targets' syncs.
+        let to_close: Vec<usize> = close.into_iter().collect();
+        let after = before - to_close.len();
+        ctx.run_interval(Duration::from_millis(20), move |act, ctx| {
+            if act.shards.values().any(|s| s.syncing) {
+                return;
+            }
+            for index in &to_close {
+                act.retire(*index);
+            }
+            ctx.cancel_future(ctx.handle());
+        });
+        Ok(Consolidated { before, after, moved })
+    }
+}
+
+impl Handler<GetSourceHealth> for ShardPlanner {
+    type Result = MessageResult<GetSourceHealth>;
+
+    fn handle(&mut self, _: GetSourceHealth, _: &mut Context<Self>) -> Self::Result {
+        let mut h = SourceHealth {
+            source: self.spec.name.to_string(),
+            follows: self.spec.query.follow.len(),
+            healthy: vec![],
+            unhealthy: vec![],
+            failed: vec![],
+            non_full: vec![],
+        };
+        for s in self.shards.values() {
+            let snap = s.stats.snapshot();
+            match snap.state {
+                ConnectionState::Failed => h.failed.push((s.id.to_string(), snap.last_error.unwrap_or_default())),
+                ConnectionState::Stalled | ConnectionState::BackingOff => h.unhealthy.push(s.id.to_string()),
+                _ => h.healthy.push(s.id.to_string()),
+            }
+            if self.is_site() && s.query.follow.len() < self.site_limit() {
+                h.non_full.push(s.id.to_string());
+            }
+        }
+        MessageResult(h)
     }
 }
 
 impl Handler<StopSource> for ShardPlanner {
     type Result = ResponseFuture<()>;
-    fn handle(&mut self, _: StopSource, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: StopSource, ctx: &mut Context<Self>) -> Self::Result {
         self.stopping = true;
-        let addrs: Vec<_> = self.connections.drain().map(|(_, c)| c.addr).collect();
+        if let Some((handle, _)) = self.update_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        let addrs: Vec<_> = std::mem::take(&mut self.shards).into_values().map(|s| s.addr).collect();
         Box::pin(async move {
             for addr in addrs {
                 let _ = addr.send(StopStream).await;
@@ -348,6 +890,8 @@ mod tests {
             stall_timeout: Duration::from_secs(90),
             max_message_bytes: 1 << 20,
             backoff: BackoffConfig::default(),
+            update_min: Duration::from_secs(120),
+            update_max: Duration::from_secs(600),
         }
     }
 

@@ -64,8 +64,7 @@ pub struct ConnectionStats {
     pub id: Arc<str>,
     /// Source name.
     pub source: Arc<str>,
-    /// What the connection carries (follow count, track terms...), for `/streams`.
-    pub carries: String,
+    carries: Mutex<Carries>,
     state: AtomicU8,
     messages: AtomicU64,
     bytes: AtomicU64,
@@ -74,6 +73,17 @@ pub struct ConnectionStats {
     limit_track: AtomicU64,
     last_error: Mutex<Option<String>>,
     counters: SourceCounters,
+}
+
+/// The predicates a connection carries, for `/streams`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carries {
+    /// Follow ids.
+    pub follow: Vec<u64>,
+    /// Track phrases.
+    pub track: Vec<String>,
+    /// Location boxes.
+    pub locations: Vec<String>,
 }
 
 /// Pre-resolved metric handles for one source, so the hot path adds to an
@@ -90,6 +100,8 @@ pub struct SourceCounters {
     pub malformed: Counter,
     /// Oversized messages.
     pub oversized: Counter,
+    /// Events dropped as duplicates.
+    pub duplicates: Counter,
     states: Vec<Gauge>,
 }
 
@@ -120,6 +132,7 @@ impl SourceCounters {
             bytes: metrics.bytes_total.get_or_create(&label).clone(),
             malformed: metrics.malformed_total.get_or_create(&label).clone(),
             oversized: metrics.oversized_total.get_or_create(&label).clone(),
+            duplicates: metrics.duplicates_dropped_total.get_or_create(&label).clone(),
             states,
             metrics: metrics.clone(),
             source: source.into(),
@@ -137,12 +150,12 @@ impl SourceCounters {
 
 impl ConnectionStats {
     /// A new connection in state `connecting` (counted in the connections gauge).
-    pub fn new(id: Arc<str>, source: Arc<str>, carries: String, counters: SourceCounters) -> Arc<Self> {
+    pub fn new(id: Arc<str>, source: Arc<str>, carries: Carries, counters: SourceCounters) -> Arc<Self> {
         counters.states[ConnectionState::Connecting as usize].inc();
         Arc::new(ConnectionStats {
             id,
             source,
-            carries,
+            carries: Mutex::new(carries),
             state: AtomicU8::new(ConnectionState::Connecting as u8),
             messages: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -201,6 +214,13 @@ impl ConnectionStats {
         self.limit_track.store(0, Ordering::Relaxed);
     }
 
+    /// The follow ids it carries changed (site control streams).
+    pub fn set_follows(&self, follow: Vec<u64>) {
+        if let Ok(mut c) = self.carries.lock() {
+            c.follow = follow;
+        }
+    }
+
     /// Records the last error, for `/streams` and the stats line.
     pub fn set_last_error(&self, error: impl Into<String>) {
         if let Ok(mut slot) = self.last_error.lock() {
@@ -214,7 +234,7 @@ impl ConnectionStats {
             id: self.id.to_string(),
             source: self.source.to_string(),
             state: self.state(),
-            carries: self.carries.clone(),
+            carries: self.carries.lock().map(|c| c.clone()).unwrap_or_default(),
             messages: self.messages.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
@@ -244,7 +264,7 @@ pub struct ConnectionSnapshot {
     /// State.
     pub state: ConnectionState,
     /// What it carries.
-    pub carries: String,
+    pub carries: Carries,
     /// Messages read.
     pub messages: u64,
     /// Bytes read.

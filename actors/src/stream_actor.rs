@@ -14,8 +14,10 @@ use futures_util::StreamExt;
 
 use crate::backoff::{BackoffActor, PlanAttempt};
 use crate::error::StreamError;
+use crate::dedup::DedupWindow;
 use crate::messages::{
-    DisconnectCause, Event, EventKind, StopStream, StreamConnected, StreamDisconnected, StreamFailed,
+    ControlAnnounced, DisconnectCause, Event, EventKind, SetRequest, StopStream, StreamConnected, StreamDisconnected,
+    StreamFailed,
 };
 use crate::protocol::classify::classify_twitter;
 use crate::protocol::framing::{Delimiting, Frame, Framer};
@@ -53,6 +55,8 @@ pub struct LifecycleRecipients {
     pub disconnected: Recipient<StreamDisconnected>,
     /// `StreamFailed`.
     pub failed: Recipient<StreamFailed>,
+    /// `ControlAnnounced` (site streams).
+    pub control: Recipient<ControlAnnounced>,
 }
 
 /// One supervised streaming connection.
@@ -62,6 +66,7 @@ pub struct StreamActor {
     sinks: Arc<[SinkHandle]>,
     lifecycle: LifecycleRecipients,
     stats: Arc<ConnectionStats>,
+    dedup: Arc<DedupWindow>,
     /// Why the previous attempt ended; kept across supervised restarts.
     last_end: Option<(DisconnectCause, bool)>,
     /// Failed for good or stopped: a restart must not reconnect.
@@ -77,6 +82,7 @@ impl StreamActor {
         sinks: Arc<[SinkHandle]>,
         lifecycle: LifecycleRecipients,
         stats: Arc<ConnectionStats>,
+        dedup: Arc<DedupWindow>,
     ) -> Self {
         StreamActor {
             spec: Arc::new(spec),
@@ -84,6 +90,7 @@ impl StreamActor {
             sinks,
             lifecycle,
             stats,
+            dedup,
             last_end: None,
             done: false,
             connection: None,
@@ -92,7 +99,13 @@ impl StreamActor {
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
         self.stats.set_state(ConnectionState::Connecting);
-        let run = run_connection(self.spec.clone(), self.sinks.clone(), self.stats.clone(), self.lifecycle.clone());
+        let run = run_connection(
+            self.spec.clone(),
+            self.sinks.clone(),
+            self.stats.clone(),
+            self.lifecycle.clone(),
+            self.dedup.clone(),
+        );
         let handle = ctx.spawn(run.into_actor(self).map(|end, act, ctx| act.connection_ended(end, ctx)));
         self.connection = Some(handle);
     }
@@ -164,6 +177,17 @@ impl Supervised for StreamActor {
     }
 }
 
+impl Handler<SetRequest> for StreamActor {
+    type Result = ();
+
+    /// The next (re)connect uses the new request; a live connection is not touched.
+    fn handle(&mut self, msg: SetRequest, _: &mut Context<Self>) {
+        let mut spec = (*self.spec).clone();
+        spec.request = msg.0;
+        self.spec = Arc::new(spec);
+    }
+}
+
 impl Handler<StopStream> for StreamActor {
     type Result = ();
 
@@ -196,9 +220,10 @@ async fn run_connection(
     sinks: Arc<[SinkHandle]>,
     stats: Arc<ConnectionStats>,
     lifecycle: LifecycleRecipients,
+    dedup: Arc<DedupWindow>,
 ) -> ConnectionEnd {
     let mut connected_at = None;
-    let result = read_stream(&spec, &sinks, &stats, &lifecycle, &mut connected_at).await;
+    let result = read_stream(&spec, &sinks, &stats, &lifecycle, &dedup, &mut connected_at).await;
     let healthy = connected_at.is_some_and(|t: Instant| t.elapsed() >= spec.reset_after);
     ConnectionEnd { result, healthy }
 }
@@ -208,6 +233,7 @@ async fn read_stream(
     sinks: &[SinkHandle],
     stats: &ConnectionStats,
     lifecycle: &LifecycleRecipients,
+    dedup: &DedupWindow,
     connected_at: &mut Option<Instant>,
 ) -> StreamError {
     let client = awc::Client::builder()
@@ -297,6 +323,9 @@ async fn read_stream(
             if let Some(track) = c.limit_track {
                 stats.set_limit_track(track);
             }
+            if let Some(control_uri) = c.control_uri.clone() {
+                lifecycle.control.do_send(ControlAnnounced { connection: spec.id.clone(), control_uri });
+            }
             if c.kind == EventKind::Disconnect {
                 end = Some(disconnect_decision(c.disconnect_code, &payload));
             }
@@ -317,15 +346,22 @@ async fn read_stream(
         }
         if !events.is_empty() {
             stats.add_messages(events.len() as u64, received_at.timestamp_millis());
+            // Two connections overlap during a make-before-break handover: write each event once.
+            let (events, duplicates) = dedup.filter(events);
+            if duplicates > 0 {
+                counters.duplicates.inc_by(duplicates as u64);
+            }
             for (i, n) in kind_counts.iter_mut().enumerate() {
                 if *n > 0 {
                     counters.events[i].inc_by(*n);
                     *n = 0;
                 }
             }
-            let batch: Arc<[Event]> = events.into();
-            for sink in sinks {
-                sink.deliver(&batch).await;
+            if !events.is_empty() {
+                let batch: Arc<[Event]> = events.into();
+                for sink in sinks {
+                    sink.deliver(&batch).await;
+                }
             }
         }
         if let Some(end) = end {

@@ -3,12 +3,16 @@
 //! failed for good, and owns the graceful stop (streams first, then sinks).
 //! Named `StreamSupervisor` so it never collides with `actix::Supervisor`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use crate::control_messages::{
+    FollowsChanged, GetHealth, GetPlanner, GetSourceHealth, ReloadPredicates, ReplacePredicates, SourceHealth,
+};
 use crate::metrics::Metrics;
 use crate::shard_planner::{PlannerContext, ShardPlanner, SourceFailed, SourceSpec, StopSource};
 use crate::sink_actor::SinkHandle;
@@ -26,6 +30,11 @@ pub struct Shutdown {
     pub exit_code: i32,
 }
 
+/// Re-reads the predicates of every source from the config (`POST /update`):
+/// source name to its new predicates. Supplied by the application, which
+/// knows where the config lives.
+pub type ReloadHook = Arc<dyn Fn() -> Result<Vec<(String, ReplacePredicates)>, String> + Send + Sync>;
+
 /// Starts and stops everything that streams.
 pub struct StreamSupervisor {
     sources: Vec<SourceSpec>,
@@ -34,8 +43,10 @@ pub struct StreamSupervisor {
     stats: StatsRegistry,
     stream_threads: usize,
     arbiters: Vec<Arbiter>,
-    planners: Vec<Addr<ShardPlanner>>,
+    planners: HashMap<String, Addr<ShardPlanner>>,
     failed: HashSet<Arc<str>>,
+    state_dir: PathBuf,
+    reload: Option<ReloadHook>,
     stats_interval: Duration,
     last_tick: (Instant, u64),
     stopping: bool,
@@ -59,13 +70,27 @@ impl StreamSupervisor {
             stats,
             stream_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             arbiters: Vec::new(),
-            planners: Vec::new(),
+            planners: HashMap::new(),
             failed: HashSet::new(),
+            state_dir: PathBuf::from("state"),
+            reload: None,
             stats_interval,
             last_tick: (Instant::now(), 0),
             stopping: false,
             stop_system: true,
         }
+    }
+
+    /// Where planners persist follow changes (default `state`).
+    pub fn state_dir(mut self, dir: PathBuf) -> Self {
+        self.state_dir = dir;
+        self
+    }
+
+    /// How `ReloadPredicates` re-reads the config.
+    pub fn reload_hook(mut self, hook: ReloadHook) -> Self {
+        self.reload = Some(hook);
+        self
     }
 
     /// Whether the graceful stop also stops the actix System (default true).
@@ -124,8 +149,9 @@ impl Actor for StreamSupervisor {
                 stats: self.stats.clone(),
                 arbiters: handles.clone(),
                 on_failed: ctx.address().recipient(),
+                state_dir: self.state_dir.clone(),
             };
-            self.planners.push(ShardPlanner::new(spec, pctx).start());
+            self.planners.insert(spec.name.to_string(), ShardPlanner::new(spec, pctx).start());
         }
         if !self.stats_interval.is_zero() {
             ctx.run_interval(self.stats_interval, |act, _| act.stats_line());
@@ -148,13 +174,63 @@ impl Handler<SourceFailed> for StreamSupervisor {
     }
 }
 
+impl Handler<GetPlanner> for StreamSupervisor {
+    type Result = Option<Addr<ShardPlanner>>;
+
+    fn handle(&mut self, msg: GetPlanner, _: &mut Context<Self>) -> Self::Result {
+        self.planners.get(&msg.source).cloned()
+    }
+}
+
+impl Handler<GetHealth> for StreamSupervisor {
+    type Result = ResponseFuture<Vec<SourceHealth>>;
+
+    fn handle(&mut self, _: GetHealth, _: &mut Context<Self>) -> Self::Result {
+        let mut planners: Vec<_> = self.planners.iter().map(|(n, a)| (n.clone(), a.clone())).collect();
+        planners.sort_by(|a, b| a.0.cmp(&b.0));
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (_, planner) in planners {
+                if let Ok(h) = planner.send(GetSourceHealth).await {
+                    out.push(h);
+                }
+            }
+            out
+        })
+    }
+}
+
+impl Handler<ReloadPredicates> for StreamSupervisor {
+    type Result = ResponseFuture<Result<Vec<(String, FollowsChanged)>, String>>;
+
+    fn handle(&mut self, _: ReloadPredicates, _: &mut Context<Self>) -> Self::Result {
+        let reloaded = match &self.reload {
+            Some(hook) => hook(),
+            None => Err("this service was started without a config file to re-read".to_owned()),
+        };
+        let planners = self.planners.clone();
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (source, predicates) in reloaded? {
+                let Some(planner) = planners.get(&source) else { continue };
+                match planner.send(predicates).await {
+                    Ok(Ok(changed)) => out.push((source, changed)),
+                    Ok(Err(e)) => return Err(format!("{source}: {e}")),
+                    Err(e) => return Err(format!("{source}: {e}")),
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
 impl Handler<Shutdown> for StreamSupervisor {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
         let first = !self.stopping;
         self.stopping = true;
-        let planners = std::mem::take(&mut self.planners);
+        let planners: Vec<_> = std::mem::take(&mut self.planners).into_values().collect();
         let sinks = self.sinks.clone();
         let stop_system = self.stop_system && first;
         Box::pin(
