@@ -3,18 +3,22 @@
 //! benchmarks and `streamherd simulate` (SPEC section 9).
 
 // Map: `scenario` (fault scripts) drives `twitter` (endpoints, one producer
-// task per stream), which renders from `payloads` (the corpus) and writes
-// through `wire` (framing, chunk cuts, FIN/RST); `oauth` checks signatures.
+// task per stream), which renders from `payloads` (the corpus), paces with
+// `pace` and writes through `wire` (framing, chunk cuts, FIN/RST); `fanout`
+// is the shared generator of `broadcast` streams; `oauth` checks signatures.
 // This file: the public API, the shared logs, the server and its test hooks
-// (`GET /_sim/connections`, `PUT /_sim/scenario` with a JSON scenario).
+// (`GET /_sim/connections`, `GET /_sim/carried`, `PUT /_sim/scenario` with a
+// JSON scenario).
 
+mod fanout;
 mod oauth;
+mod pace;
 pub mod payloads;
 mod scenario;
 mod twitter;
 mod wire;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +36,8 @@ pub use scenario::{AttemptScript, Mix, Scenario, Split};
 pub struct SimulatorConfig {
     /// Where to listen; must be a loopback address (tests use 127.0.0.1:0).
     pub listen: SocketAddr,
-    /// Messages per second per connection; 0 = as fast as the socket takes.
+    /// Messages per second per connection (for `broadcast` streams: of the
+    /// shared generator); 0 = as fast as the socket takes.
     pub rate: u32,
     /// A blank-line keep-alive goes out when nothing else was sent for this
     /// long (Twitter: 30000).
@@ -119,8 +124,34 @@ pub struct ConnectionRecord {
     /// Messages written (keep-alives not counted).
     pub messages_sent: u64,
     /// How it ended: "status", "client closed", "close_after", "reset",
-    /// "disconnect", "limit", "server stop"; empty while open.
+    /// "disconnect", "limit", "lagged" (a broadcast subscriber fell more than
+    /// `broadcast_capacity` messages behind), "server stop"; empty while open.
     pub end: String,
+    /// The follow ids the connection carries: site streams the connect
+    /// request's `follow` plus every accepted `add_user` minus every
+    /// `remove_user` (the list `info.json` reports, in that order); filter
+    /// streams the request's `follow`; empty otherwise and for refused
+    /// requests. After the close, what it carried when it closed.
+    pub follows: Vec<u64>,
+    /// Site streams: the `control_uri` announced on the stream.
+    pub control_uri: Option<String>,
+}
+
+/// One request to a site stream's control URI, as the simulator answered it.
+#[derive(Clone, Debug)]
+pub struct ControlCall {
+    /// The attempt number of the stream addressed; `u64::MAX` when the stream
+    /// id is unknown or the stream is closed.
+    pub attempt: u64,
+    /// "add_user", "remove_user", "info" or "friends_ids".
+    pub op: &'static str,
+    /// The call's `user_id`s as parsed (at most the first 100 valid ones of a
+    /// refused call); empty for `info`.
+    pub user_ids: Vec<u64>,
+    /// The response status.
+    pub status: u16,
+    /// When the request was answered.
+    pub at: Instant,
 }
 
 /// One message the simulator wrote.
@@ -165,11 +196,41 @@ impl SimHandle {
     }
 
     /// The last `record_sent` messages sent, in order.
+    ///
+    /// A broadcast message (script `broadcast = true`) is recorded once, when
+    /// the first connection writes it, with that connection's `attempt`; a
+    /// message produced while no connection was subscribed, or only queued
+    /// for connections that ended before writing it, is not recorded. So the
+    /// broadcast ids in `sent()` are exactly the ones some connection wrote,
+    /// each once. When two connections write concurrently the order of
+    /// broadcast records can differ from the generation order by a few.
     pub fn sent(&self) -> Vec<SentMessage> {
         lock(&self.shared.sent).iter().cloned().collect()
     }
 
-    /// Replaces the script and resets the attempt counter.
+    /// Messages the broadcast generator has produced so far (summed over
+    /// generators, should one be restarted after reaching its limit),
+    /// including those produced while nobody was subscribed.
+    pub fn broadcast_sent(&self) -> u64 {
+        self.shared.hub.produced()
+    }
+
+    /// For every streaming connection still open, by attempt number: the
+    /// follow ids it carries now (see `ConnectionRecord::follows`). Attempt
+    /// numbers restart at `set_scenario`; should two open connections share
+    /// one, the later-opened is shown.
+    pub fn carried(&self) -> BTreeMap<u64, BTreeSet<u64>> {
+        self.shared.carried()
+    }
+
+    /// The last `MAX_CONTROL_CALLS` control-stream requests, in order.
+    pub fn control_calls(&self) -> Vec<ControlCall> {
+        lock(&self.shared.control_calls).iter().cloned().collect()
+    }
+
+    /// Replaces the script and resets the attempt counter; a broadcast
+    /// generator that reached its `limit` may start again, a running one is
+    /// left alone.
     pub fn set_scenario(&self, scenario: Scenario) {
         self.shared.set_scenario(scenario);
     }
@@ -194,7 +255,7 @@ pub async fn start(config: SimulatorConfig) -> std::io::Result<SimHandle> {
         ));
     }
     config.scenario.validate().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let listener = std::net::TcpListener::bind(config.listen)?;
+    let listener = listen(config.listen)?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared::new(&config));
     let data = web::Data::from(Arc::clone(&shared));
@@ -229,10 +290,29 @@ pub async fn start(config: SimulatorConfig) -> std::io::Result<SimHandle> {
     Ok(SimHandle { shared, server: handle, addr })
 }
 
+/// Binds with a 1024-connection accept backlog (std's `bind` uses 128): a
+/// thousand clients connecting at once must not wait for SYN retries.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// Test hooks, also handy from the command line.
 fn hooks(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/_sim/connections").route(web::get().to(connections_json)))
+        .service(web::resource("/_sim/carried").route(web::get().to(carried_json)))
         .service(web::resource("/_sim/scenario").route(web::put().to(put_scenario)));
+}
+
+/// `GET /_sim/carried`: `{"<attempt>": [ids...], ...}` for open connections.
+async fn carried_json(shared: web::Data<Shared>) -> HttpResponse {
+    let map: serde_json::Map<String, serde_json::Value> =
+        shared.carried().into_iter().map(|(attempt, ids)| (attempt.to_string(), serde_json::json!(ids))).collect();
+    HttpResponse::Ok().json(map)
 }
 
 /// `GET /_sim/connections`: the connection log, times in ms since start.
@@ -253,6 +333,8 @@ async fn connections_json(shared: web::Data<Shared>) -> HttpResponse {
                 "closed_ms": c.closed_at.map(ms),
                 "messages_sent": c.messages_sent,
                 "end": c.end,
+                "follows": c.follows,
+                "control_uri": c.control_uri,
             })
         })
         .collect();
@@ -274,6 +356,9 @@ async fn put_scenario(shared: web::Data<Shared>, body: web::Bytes) -> HttpRespon
 /// with a 5000-id follow list must not grow the simulator without bound.
 pub const MAX_CONNECTION_RECORDS: usize = 10_000;
 
+/// The control-call log keeps this many records.
+pub const MAX_CONTROL_CALLS: usize = 10_000;
+
 /// State shared by every worker thread and stream.
 pub(crate) struct Shared {
     pub(crate) started: Instant,
@@ -283,8 +368,13 @@ pub(crate) struct Shared {
     pub(crate) record_sent: usize,
     script: Mutex<(Scenario, u64)>,
     log: Mutex<VecDeque<Arc<ConnSlot>>>,
+    /// Streams answered 200 and not yet ended, by `ConnSlot::serial`.
+    open: Mutex<BTreeMap<u64, Arc<ConnSlot>>>,
+    serials: AtomicU64,
     sent: Mutex<VecDeque<SentMessage>>,
+    control_calls: Mutex<VecDeque<ControlCall>>,
     pub(crate) sites: Mutex<HashMap<String, Arc<twitter::SiteConn>>>,
+    pub(crate) hub: fanout::Hub,
     pub(crate) stop: watch::Sender<bool>,
 }
 
@@ -298,14 +388,19 @@ impl Shared {
             record_sent: config.record_sent,
             script: Mutex::new((config.scenario.clone(), 0)),
             log: Mutex::new(VecDeque::new()),
+            open: Mutex::new(BTreeMap::new()),
+            serials: AtomicU64::new(0),
             sent: Mutex::new(VecDeque::new()),
+            control_calls: Mutex::new(VecDeque::new()),
             sites: Mutex::new(HashMap::new()),
+            hub: fanout::Hub::default(),
             stop: watch::channel(false).0,
         }
     }
 
     fn set_scenario(&self, scenario: Scenario) {
         *lock(&self.script) = (scenario, 0);
+        self.hub.rearm();
     }
 
     /// Takes the next attempt number and its script.
@@ -316,15 +411,43 @@ impl Shared {
         (attempt, guard.0.script_for(attempt).clone())
     }
 
-    /// Logs a new streaming request.
-    pub(crate) fn open(&self, slot: ConnSlot) -> Arc<ConnSlot> {
+    /// Logs a new streaming request; one answered 200 also counts as open
+    /// until `close`.
+    pub(crate) fn open(&self, mut slot: ConnSlot) -> Arc<ConnSlot> {
+        slot.serial = self.serials.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(slot);
-        let mut log = lock(&self.log);
-        if log.len() >= MAX_CONNECTION_RECORDS {
-            log.pop_front();
+        {
+            let mut log = lock(&self.log);
+            if log.len() >= MAX_CONNECTION_RECORDS {
+                log.pop_front();
+            }
+            log.push_back(Arc::clone(&slot));
         }
-        log.push_back(Arc::clone(&slot));
+        if slot.status == 200 {
+            lock(&self.open).insert(slot.serial, Arc::clone(&slot));
+        }
         slot
+    }
+
+    /// The stream of `slot` has ended.
+    pub(crate) fn close(&self, slot: &ConnSlot) {
+        lock(&self.open).remove(&slot.serial);
+    }
+
+    fn carried(&self) -> BTreeMap<u64, BTreeSet<u64>> {
+        let open: Vec<Arc<ConnSlot>> = lock(&self.open).values().cloned().collect();
+        // In opening order, so a later connection with the same attempt
+        // number (after `set_scenario`) wins.
+        open.iter().filter(|s| !s.is_closed()).map(|s| (s.attempt, s.follows().into_iter().collect())).collect()
+    }
+
+    /// Logs a control-stream request, dropping the oldest beyond the bound.
+    pub(crate) fn log_control(&self, call: ControlCall) {
+        let mut calls = lock(&self.control_calls);
+        while calls.len() >= MAX_CONTROL_CALLS {
+            calls.pop_front();
+        }
+        calls.push_back(call);
     }
 
     /// Keeps `msg` if recording is on, dropping the oldest beyond the bound.
@@ -344,8 +467,22 @@ impl Shared {
     }
 }
 
+/// Which follows a connection carries (`ConnectionRecord::follows`).
+pub(crate) enum Follows {
+    /// None: sample and user streams, refused requests.
+    None,
+    /// Filter streams: the request's `follow`, read from `params` when asked
+    /// (a 5000-id list is not kept twice).
+    Request,
+    /// Site streams: the carried list, changed by the control stream. The one
+    /// source of truth for `info.json`, `carried()` and the connection log.
+    Live(Arc<Mutex<Vec<u64>>>),
+}
+
 /// A live entry of the connection log; the producer updates it in place.
 pub(crate) struct ConnSlot {
+    /// Unique per simulator (attempt numbers restart at `set_scenario`).
+    pub(crate) serial: u64,
     pub(crate) attempt: u64,
     pub(crate) method: String,
     pub(crate) path: String,
@@ -354,6 +491,8 @@ pub(crate) struct ConnSlot {
     pub(crate) status: u16,
     pub(crate) opened_at: Instant,
     pub(crate) messages: AtomicU64,
+    pub(crate) follows: Follows,
+    pub(crate) control_uri: Option<String>,
     closed: Mutex<Option<(Instant, &'static str)>>,
 }
 
@@ -368,6 +507,7 @@ impl ConnSlot {
         opened_at: Instant,
     ) -> ConnSlot {
         ConnSlot {
+            serial: 0,
             attempt,
             method,
             path,
@@ -376,7 +516,27 @@ impl ConnSlot {
             status,
             opened_at,
             messages: AtomicU64::new(0),
+            follows: Follows::None,
+            control_uri: None,
             closed: Mutex::new(None),
+        }
+    }
+
+    /// Whether the stream or response has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.closed).is_some()
+    }
+
+    /// The follow ids carried now (or when it closed).
+    pub(crate) fn follows(&self) -> Vec<u64> {
+        match &self.follows {
+            Follows::None => Vec::new(),
+            Follows::Request => self
+                .params
+                .get("follow")
+                .map(|v| v.split(',').filter_map(|id| id.trim().parse().ok()).collect())
+                .unwrap_or_default(),
+            Follows::Live(carried) => lock(carried).clone(),
         }
     }
 
@@ -401,6 +561,8 @@ impl ConnSlot {
             closed_at: closed.map(|(t, _)| t),
             messages_sent: self.messages.load(Ordering::Relaxed),
             end: closed.map(|(_, e)| e.to_string()).unwrap_or_default(),
+            follows: self.follows(),
+            control_uri: self.control_uri.clone(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! message catalogue (protocols.md A.5), built once as templates so a stream
 //! renders a message by concatenating byte slices around a fresh id.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -1289,9 +1289,21 @@ impl Generator {
         }
     }
 
+    /// Site streams: makes the enveloped users exactly `carried` (the control
+    /// stream's view): removed users get nothing more, not even a queued
+    /// friends preamble; added ones get their preamble first.
+    pub(crate) fn set_site_users(&mut self, carried: &[u64]) {
+        let now: HashSet<u64> = carried.iter().copied().collect();
+        let had: HashSet<u64> = self.site_users.iter().copied().collect();
+        let removed: Vec<u64> = had.iter().copied().filter(|u| !now.contains(u)).collect();
+        let added: Vec<u64> = carried.iter().copied().filter(|u| !had.contains(u)).collect();
+        self.change_site_users(&added, &removed);
+    }
+
     /// Site streams: users added or removed through the control stream.
     pub(crate) fn change_site_users(&mut self, added: &[u64], removed: &[u64]) {
         self.site_users.retain(|u| !removed.contains(u));
+        self.forced.retain(|f| !matches!(f, Forced::Friends(Some(u)) if removed.contains(u)));
         for u in added {
             if !self.site_users.contains(u) {
                 self.site_users.push(*u);

@@ -56,8 +56,22 @@ pub struct AttemptScript {
     pub oversized_bytes: usize,
     /// Which messages the stream carries.
     pub mix: Mix,
-    /// End the body cleanly after N messages.
+    /// End the body cleanly after N messages. On a `broadcast` stream that
+    /// starts the shared generator, also the generator's total output.
     pub limit: Option<u64>,
+    /// Filter and sample streams: forward the simulator-wide broadcast
+    /// generator's messages (the same ones every overlapping `broadcast`
+    /// connection sees, as on the real service) instead of generating this
+    /// connection's own. The generator starts with the first such connection
+    /// and takes `mix`, `limit` and `broadcast_capacity` from its script;
+    /// this connection's own faults (close_after, split, junk, ...) still
+    /// apply. Ignored on user and site streams.
+    pub broadcast: bool,
+    /// Messages the broadcast channel holds for a subscriber that falls
+    /// behind (rounded up to a power of two); past that the subscriber's body
+    /// ends abruptly with `end = "lagged"`. Read from the script that starts
+    /// the generator. At ~3 KB a message the default allows ~200 MB.
+    pub broadcast_capacity: usize,
 }
 
 /// Default `silence_ms`: longer than Twitter's 90 s stall rule.
@@ -66,6 +80,10 @@ pub const DEFAULT_SILENCE_MS: u64 = 120_000;
 pub const DEFAULT_OVERSIZED_BYTES: usize = 17 * 1024 * 1024;
 /// Default `disconnect_code`: 1, "Shutdown" (reconnect as usual).
 pub const DEFAULT_DISCONNECT_CODE: u32 = 1;
+/// Default `broadcast_capacity`.
+pub const DEFAULT_BROADCAST_CAPACITY: usize = 65_536;
+/// Largest accepted `broadcast_capacity`: bounded memory.
+pub const MAX_BROADCAST_CAPACITY: usize = 1 << 20;
 
 impl Default for AttemptScript {
     fn default() -> Self {
@@ -84,6 +102,8 @@ impl Default for AttemptScript {
             oversized_bytes: DEFAULT_OVERSIZED_BYTES,
             mix: Mix::Realistic,
             limit: None,
+            broadcast: false,
+            broadcast_capacity: DEFAULT_BROADCAST_CAPACITY,
         }
     }
 }
@@ -185,6 +205,9 @@ impl Scenario {
             if script.oversized_at.contains(&0) {
                 return Err(format!("{name}.oversized_at: message numbers count from 1"));
             }
+            if !(1..=MAX_BROADCAST_CAPACITY).contains(&script.broadcast_capacity) {
+                return Err(format!("{name}.broadcast_capacity: must be 1..={MAX_BROADCAST_CAPACITY}"));
+            }
         }
         Ok(())
     }
@@ -244,15 +267,20 @@ mod tests {
         assert!(err.contains("sideways"), "{err}");
         let err = Scenario::from_toml_str("[then]\nmalformed_every = 0\n").unwrap_err();
         assert!(err.contains("then.malformed_every"), "{err}");
+        let err = Scenario::from_toml_str("[then]\nbroadcast_capacity = 0\n").unwrap_err();
+        assert!(err.contains("then.broadcast_capacity"), "{err}");
     }
 
     #[test]
     fn from_file_reads_toml_and_names_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("faults.toml");
-        std::fs::write(&path, "[then]\nlimit = 5\nmix = \"fixed\"\n").expect("write");
+        std::fs::write(&path, "[then]\nlimit = 5\nmix = \"fixed\"\nbroadcast = true\nbroadcast_capacity = 64\n")
+            .expect("write");
         let s = Scenario::from_file(&path).expect("loads");
         assert_eq!(s.then.limit, Some(5));
+        assert!(s.then.broadcast);
+        assert_eq!(s.then.broadcast_capacity, 64);
         assert_eq!(s.then.mix, Mix::Fixed);
         let missing = dir.path().join("missing.toml");
         let err = Scenario::from_file(&missing).unwrap_err();

@@ -2,7 +2,7 @@
 //! client that sees every chunk boundary, FIN and RST, plus awc for the
 //! client the service itself uses.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -782,4 +782,339 @@ async fn refuses_non_loopback_listen() {
         .err()
         .expect("must refuse");
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+}
+
+const FILTER: &str = "/1.1/statuses/filter.json";
+const SAMPLE: &str = "/1.1/statuses/sample.json";
+
+/// Splits a `delimited=length` body into messages; bare CRLFs (keep-alives)
+/// are skipped.
+#[derive(Default)]
+struct LenFrames {
+    pending: Vec<u8>,
+    messages: Vec<Vec<u8>>,
+}
+
+impl LenFrames {
+    fn push(&mut self, data: &[u8]) {
+        self.pending.extend_from_slice(data);
+        // Bounded: every turn consumes bytes or returns.
+        while let Some(nl) = self.pending.windows(2).position(|w| w == b"\r\n") {
+            if nl == 0 {
+                self.pending.drain(..2);
+                continue;
+            }
+            let len: usize = std::str::from_utf8(&self.pending[..nl]).expect("digits").parse().expect("length");
+            if self.pending.len() < nl + 2 + len {
+                return;
+            }
+            let frame = &self.pending[nl + 2..nl + 2 + len];
+            assert!(frame.ends_with(b"\r\n"), "count must include the trailing CRLF");
+            self.messages.push(frame[..len - 2].to_vec());
+            self.pending.drain(..nl + 2 + len);
+        }
+    }
+}
+
+/// A signed control request; returns the status (the body is read).
+async fn control(sim: &SimHandle, uri: &str, op: &str, ids: &str) -> u16 {
+    let mut raw = Raw::signed(sim, "POST", &format!("{uri}/{op}.json"), &[("user_id", ids)]).await;
+    let _ = raw.fixed_body().await;
+    raw.status
+}
+
+fn id_set(ids: impl IntoIterator<Item = u64>) -> BTreeSet<u64> {
+    ids.into_iter().collect()
+}
+
+fn id_list(ids: impl IntoIterator<Item = u64>) -> String {
+    ids.into_iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+}
+
+#[actix_rt::test]
+async fn broadcast_overlapping_connections_get_identical_messages_recorded_once() {
+    let sim = sim(script(|s| s.broadcast = true), 200, 100_000).await;
+    // A: a length-delimited filter stream; B: a CRLF sample stream. Each uses
+    // its own framing over the one generator.
+    let mut a = Raw::signed(&sim, "POST", FILTER, &[("track", "a"), ("delimited", "length")]).await;
+    assert_eq!(a.status, 200);
+    let mut a_msgs = LenFrames::default();
+    while a_msgs.messages.len() < 10 {
+        a_msgs.push(&a.chunk().await.expect("chunk").expect("data"));
+    }
+    // Everything A has before B connects was produced before B subscribed.
+    let before_b: BTreeSet<Vec<u8>> = a_msgs.messages.iter().cloned().collect();
+    let mut b = Raw::signed(&sim, "GET", SAMPLE, &[]).await;
+    assert_eq!(b.status, 200);
+    let mut b_msgs = Lines::default();
+    while b_msgs.messages.len() < 40 {
+        b_msgs.push(&b.chunk().await.expect("chunk").expect("data"));
+    }
+    assert!(
+        b_msgs.messages.iter().all(|m| !before_b.contains(m)),
+        "the later connection got a message produced before it subscribed"
+    );
+    // A goes on to B's first message and 40 more.
+    let deadline = Instant::now() + WAIT;
+    let at = loop {
+        if let Some(i) = a_msgs.messages.iter().position(|m| *m == b_msgs.messages[0]) {
+            if a_msgs.messages.len() >= i + 40 {
+                break i;
+            }
+        }
+        assert!(Instant::now() < deadline, "A never caught up with B's messages");
+        a_msgs.push(&a.chunk().await.expect("chunk").expect("data"));
+    };
+    assert!(at >= before_b.len(), "B's first message is one A had before B connected");
+    assert_eq!(a_msgs.messages[at..at + 40], b_msgs.messages[..40], "the overlap differs");
+    drop(a);
+    drop(b);
+    assert_eq!(wait_for_end(&sim, 0).await.end, "client closed");
+    assert_eq!(wait_for_end(&sim, 1).await.end, "client closed");
+
+    // Every message either connection received is in sent() exactly once,
+    // and no id is recorded twice.
+    let sent = sim.sent();
+    let mut counts: HashMap<&[u8], usize> = HashMap::new();
+    for m in &sent {
+        *counts.entry(&m.payload[..]).or_default() += 1;
+    }
+    let received: BTreeSet<&Vec<u8>> = a_msgs.messages.iter().chain(&b_msgs.messages).collect();
+    for m in &received {
+        assert_eq!(counts.get(&m[..]).copied(), Some(1), "{}", String::from_utf8_lossy(m));
+    }
+    let ids: Vec<&String> = sent.iter().filter_map(|m| m.id.as_ref()).collect();
+    assert_eq!(ids.len(), ids.iter().collect::<BTreeSet<_>>().len(), "an id recorded twice");
+    assert!(sent.iter().all(|m| m.attempt <= 1 && m.for_user.is_none()));
+    assert!(sim.broadcast_sent() >= received.len() as u64);
+    sim.stop().await;
+}
+
+#[actix_rt::test]
+async fn broadcast_junk_is_per_connection_and_inserted() {
+    let scenario = Scenario {
+        attempts: vec![AttemptScript { broadcast: true, malformed_every: Some(3), ..AttemptScript::default() }],
+        then: AttemptScript { broadcast: true, ..AttemptScript::default() },
+    };
+    let sim = sim(scenario, 200, 10_000).await;
+    let mut a = Raw::signed(&sim, "GET", SAMPLE, &[]).await;
+    let mut a_msgs = Lines::default();
+    a_msgs.push(&a.chunk().await.expect("chunk").expect("data"));
+    let mut b = Raw::signed(&sim, "GET", SAMPLE, &[]).await;
+    let mut b_msgs = Lines::default();
+    while b_msgs.messages.len() < 20 {
+        b_msgs.push(&b.chunk().await.expect("chunk").expect("data"));
+    }
+    let deadline = Instant::now() + WAIT;
+    while a_msgs.messages.len() < 120 {
+        assert!(Instant::now() < deadline, "A stalled");
+        a_msgs.push(&a.chunk().await.expect("chunk").expect("data"));
+    }
+    // Every third message of A is junk; the rest is the broadcast, none
+    // skipped: B's messages appear in A contiguously once junk is removed.
+    for (i, m) in a_msgs.messages.iter().enumerate() {
+        let junk = serde_json::from_slice::<serde_json::Value>(m).is_err();
+        assert_eq!(junk, (i + 1) % 3 == 0, "message {}", i + 1);
+    }
+    let a_clean: Vec<&Vec<u8>> =
+        a_msgs.messages.iter().enumerate().filter(|(i, _)| (i + 1) % 3 != 0).map(|(_, m)| m).collect();
+    let at = a_clean.iter().position(|m| **m == b_msgs.messages[0]).expect("B's first message reached A");
+    let overlap: Vec<&Vec<u8>> = b_msgs.messages.iter().take(a_clean.len() - at).collect();
+    assert!(overlap.len() >= 10, "overlap of {}", overlap.len());
+    assert_eq!(a_clean[at..at + overlap.len()], overlap[..]);
+    assert!(b_msgs.messages.iter().all(|m| serde_json::from_slice::<serde_json::Value>(m).is_ok()));
+    let junk = sim.sent().iter().filter(|m| m.kind == "malformed").map(|m| m.attempt).collect::<BTreeSet<u64>>();
+    assert_eq!(junk, id_set([0]));
+    sim.stop().await;
+}
+
+#[actix_rt::test]
+async fn broadcast_subscriber_that_lags_ends_abruptly_as_lagged() {
+    let sim = sim(
+        script(|s| {
+            s.broadcast = true;
+            // Rate 1000 releases up to 11 messages a 10 ms tick: 64 holds a
+            // few ticks' bursts but not the ~300 of the silence.
+            s.broadcast_capacity = 64;
+            s.silence_after = Some(2);
+            s.silence_ms = 300;
+        }),
+        1_000,
+        1_000,
+    )
+    .await;
+    let mut raw = Raw::signed(&sim, "GET", SAMPLE, &[]).await;
+    let (lines, end) = read_all(&mut raw).await;
+    let err = end.expect_err("a lagged subscriber's body must not end cleanly");
+    assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+    assert_eq!(lines.messages.len(), 2, "the messages before the silence arrive");
+    let c = wait_for_end(&sim, 0).await;
+    assert_eq!((c.end.as_str(), c.messages_sent), ("lagged", 2));
+    assert!(sim.broadcast_sent() > 66, "only {} produced", sim.broadcast_sent());
+    // Only what was written is recorded.
+    assert_eq!(sim.sent().iter().map(|m| m.payload.to_vec()).collect::<Vec<_>>(), lines.messages);
+    sim.stop().await;
+}
+
+#[actix_rt::test]
+async fn broadcast_limit_ends_the_generator_until_the_scenario_changes() {
+    let scenario = Scenario {
+        attempts: vec![AttemptScript { broadcast: true, limit: Some(30), ..AttemptScript::default() }],
+        then: AttemptScript { broadcast: true, ..AttemptScript::default() },
+    };
+    let sim = sim(scenario, 0, 1_000).await;
+    let mut a = Raw::signed(&sim, "GET", SAMPLE, &[]).await;
+    let (lines, end) = read_all(&mut a).await;
+    end.expect("clean end at the limit");
+    assert_eq!(lines.messages.len(), 30);
+    assert_eq!(lines.messages, payloads(&sim, 0));
+    assert_eq!(wait_for_end(&sim, 0).await.end, "limit");
+    assert_eq!(sim.broadcast_sent(), 30);
+    // A later subscriber finds the generator done.
+    let mut b = Raw::signed(&sim, "POST", FILTER, &[("track", "b")]).await;
+    let (lines, end) = read_all(&mut b).await;
+    end.expect("clean end");
+    assert!(lines.messages.is_empty());
+    assert_eq!(wait_for_end(&sim, 1).await.end, "limit");
+    // A new scenario re-arms it.
+    sim.set_scenario(script(|s| s.broadcast = true));
+    let mut c = Raw::signed(&sim, "GET", SAMPLE, &[]).await;
+    let mut c_msgs = Lines::default();
+    while c_msgs.messages.len() < 5 {
+        c_msgs.push(&c.chunk().await.expect("chunk").expect("data"));
+    }
+    assert!(sim.broadcast_sent() > 30);
+    sim.stop().await;
+    let c = sim.connections().pop().expect("C's record");
+    assert_eq!((c.attempt, c.end.as_str()), (0, "server stop"));
+}
+
+#[actix_rt::test]
+async fn carried_view_follows_add_and_remove_user() {
+    let sim = sim(Scenario::default(), 1, 0).await;
+    let site = Raw::signed(&sim, "GET", "/1.1/site.json", &[("follow", "1,2")]).await;
+    assert_eq!(site.status, 200);
+    let filter = Raw::signed(&sim, "POST", FILTER, &[("follow", "7,8"), ("track", "x")]).await;
+    assert_eq!(filter.status, 200);
+    let log = sim.connections();
+    let uri = log[0].control_uri.clone().expect("a site stream has a control_uri");
+    assert!(uri.starts_with("/1.1/site/c/1_1_"), "{uri}");
+    assert_eq!(log[1].control_uri, None);
+    assert_eq!(sim.carried(), BTreeMap::from([(0, id_set([1, 2])), (1, id_set([7, 8]))]));
+
+    assert_eq!(control(&sim, &uri, "add_user", "3,4").await, 200);
+    assert_eq!(sim.carried()[&0], id_set([1, 2, 3, 4]));
+    assert_eq!(control(&sim, &uri, "remove_user", "1").await, 200);
+    assert_eq!(sim.carried()[&0], id_set([2, 3, 4]));
+    let mut info = Raw::signed(&sim, "GET", &format!("{uri}/info.json"), &[]).await;
+    assert_eq!(info.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&info.fixed_body().await).expect("json");
+    let users: Vec<u64> =
+        v["info"]["users"].as_array().expect("users").iter().filter_map(|u| u["id"].as_u64()).collect();
+    assert_eq!(users, vec![2, 3, 4], "info.json reads the carried list");
+    assert_eq!(sim.connections()[0].follows, vec![2, 3, 4]);
+
+    // More than 100 ids in one call: 400, nothing changes. 100 is fine.
+    assert_eq!(control(&sim, &uri, "add_user", &id_list(100..201)).await, 400);
+    assert_eq!(control(&sim, &uri, "remove_user", &id_list(100..201)).await, 400);
+    assert_eq!(sim.carried()[&0], id_set([2, 3, 4]));
+    assert_eq!(control(&sim, &uri, "add_user", &id_list(100..200)).await, 200);
+    assert_eq!(sim.carried()[&0].len(), 103);
+    assert_eq!(control(&sim, &uri, "remove_user", &id_list(100..200)).await, 200);
+    assert_eq!(sim.carried()[&0], id_set([2, 3, 4]));
+    // Unknown stream: 404.
+    let unknown = "/1.1/site/c/1_1_0123456789abcdef0123456789abcdef";
+    assert_eq!(control(&sim, unknown, "add_user", "5").await, 404);
+
+    let calls: Vec<(u64, &str, u16, usize)> =
+        sim.control_calls().iter().map(|c| (c.attempt, c.op, c.status, c.user_ids.len())).collect();
+    assert_eq!(
+        calls,
+        vec![
+            (0, "add_user", 200, 2),
+            (0, "remove_user", 200, 1),
+            (0, "info", 200, 0),
+            (0, "add_user", 400, 100),
+            (0, "remove_user", 400, 100),
+            (0, "add_user", 200, 100),
+            (0, "remove_user", 200, 100),
+            (u64::MAX, "add_user", 404, 1),
+        ]
+    );
+    assert_eq!(sim.control_calls()[0].user_ids, vec![3, 4]);
+
+    let mut json =
+        Raw::send(sim.addr(), format!("GET /_sim/carried HTTP/1.1\r\nHost: {}\r\n\r\n", sim.addr()).as_bytes()).await;
+    assert_eq!(json.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&json.fixed_body().await).expect("json");
+    assert_eq!(v, serde_json::json!({ "0": [2, 3, 4], "1": [7, 8] }));
+
+    // A closed stream leaves the view, and its control URI is unknown.
+    drop(site);
+    assert_eq!(wait_for_end(&sim, 0).await.end, "client closed");
+    assert_eq!(sim.carried(), BTreeMap::from([(1, id_set([7, 8]))]));
+    assert_eq!(control(&sim, &uri, "add_user", "5").await, 404);
+    assert_eq!(sim.connections()[0].follows, vec![2, 3, 4], "what it carried when it closed");
+    drop(filter);
+    wait_for_end(&sim, 1).await;
+    assert!(sim.carried().is_empty());
+    sim.stop().await;
+}
+
+#[actix_rt::test]
+async fn add_user_beyond_the_stream_cap_is_refused() {
+    let sim = sim(Scenario::default(), 1, 0).await;
+    let _site = Raw::signed(&sim, "GET", "/1.1/site.json", &[("follow", "1")]).await;
+    let uri = sim.connections()[0].control_uri.clone().expect("control_uri");
+    for call in 0..10u64 {
+        let from = 1_000 + call * 100;
+        let to = if call == 9 { from + 99 } else { from + 100 };
+        assert_eq!(control(&sim, &uri, "add_user", &id_list(from..to)).await, 200, "call {call}");
+    }
+    assert_eq!(sim.carried()[&0].len(), twitter::MAX_SITE_CARRIED);
+    assert_eq!(control(&sim, &uri, "add_user", "1,1000").await, 200, "already carried: no change");
+    assert_eq!(control(&sim, &uri, "add_user", "5").await, 413);
+    assert_eq!(sim.carried()[&0].len(), twitter::MAX_SITE_CARRIED);
+    sim.stop().await;
+}
+
+#[actix_rt::test]
+async fn two_hundred_site_connections_carry_their_own_follows() {
+    const CONNS: u64 = 200;
+    let sim = start(SimulatorConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        rate: 1,
+        keepalive_ms: 30_000,
+        ..SimulatorConfig::default()
+    })
+    .await
+    .expect("start");
+    let lists: Vec<BTreeSet<u64>> = (0..CONNS).map(|c| id_set((0..100).map(|i| 10_000_000 + c * 1_000 + i))).collect();
+    let sim_ref = &sim;
+    let opens = lists.iter().map(|ids| async move {
+        let follow = id_list(ids.iter().copied());
+        Raw::signed(sim_ref, "GET", "/1.1/site.json", &[("follow", follow.as_str())]).await
+    });
+    let raws: Vec<Raw> = futures_util::future::join_all(opens).await;
+    assert!(raws.iter().all(|r| r.status == 200));
+    let carried = sim.carried();
+    assert_eq!(carried.len(), CONNS as usize);
+    let mut got: Vec<&BTreeSet<u64>> = carried.values().collect();
+    let mut want: Vec<&BTreeSet<u64>> = lists.iter().collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every connection carries exactly its own follows");
+    // And each by its attempt: the request's follow list is its carried set.
+    for c in sim.connections() {
+        let requested = id_set(c.params["follow"].split(',').filter_map(|v| v.parse().ok()));
+        assert_eq!(carried[&c.attempt], requested, "attempt {}", c.attempt);
+    }
+    drop(raws);
+    let deadline = Instant::now() + WAIT;
+    while !sim.carried().is_empty() {
+        assert!(Instant::now() < deadline, "{} connections still carried", sim.carried().len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(sim.connections().iter().all(|c| c.end == "client closed"));
+    sim.stop().await;
 }

@@ -1,6 +1,7 @@
 //! Twitter v1.1 streaming endpoints (protocols.md A.1-A.8): filter, sample,
 //! user and site streams plus the site control stream. Each accepted stream
-//! gets one producer task that paces, scripts and frames its messages.
+//! gets one producer task that paces, scripts and frames its messages, or,
+//! for a `broadcast` filter/sample stream, forwards the shared generator's.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,19 +11,16 @@ use std::time::{Duration, Instant};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{mpsc, watch};
-use tokio::time::{interval, Interval, MissedTickBehavior};
 
+use super::fanout::{self, Feed, Frame};
 use super::oauth::{self, AuthFailure, SignedRequest};
+use super::pace::Pacer;
 use super::payloads::{Generator, GeneratorOptions, Rendered, StreamKind};
 use super::scenario::AttemptScript;
 use super::wire::{self, BodyStream, ConnFd, FrameWriter, Halt, CHANNEL_DEPTH};
-use super::{lock, ConnSlot, SentMessage, Shared, SimCredentials};
-
-/// Pacing granularity for `rate > 0`: a tick sends rate/100 messages, so no
-/// per-message timer exists even at high rates.
-const TICK: Duration = Duration::from_millis(10);
-const TICKS_PER_S: u64 = 100;
+use super::{lock, ConnSlot, ControlCall, Follows, SentMessage, Shared, SimCredentials};
 
 /// Documented filter limits (protocols.md A.2) and hbc's site-stream limit.
 const MAX_TRACK: usize = 400;
@@ -31,6 +29,10 @@ const MAX_FOLLOW: usize = 5000;
 const MAX_BOXES: usize = 25;
 const MAX_SITE_FOLLOW: usize = 100;
 const MAX_CONTROL_IDS: usize = 100;
+/// Users one site stream may carry through its control stream (protocols.md
+/// A.3: "1,000 users per connection", unverified; also the service's
+/// `follow_limit` maximum). Bounds a stream's memory.
+pub(crate) const MAX_SITE_CARRIED: usize = 1000;
 
 /// Registers the Twitter routes.
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
@@ -223,7 +225,7 @@ fn open_stream(req: HttpRequest, body: &[u8], shared: web::Data<Shared>, kind: S
             .or_insert_with(|| v.clone());
     }
     let log = |status: u16, auth_ok: bool| {
-        shared.open(ConnSlot::new(
+        ConnSlot::new(
             attempt,
             req.method().as_str().to_string(),
             req.path().to_string(),
@@ -231,29 +233,40 @@ fn open_stream(req: HttpRequest, body: &[u8], shared: web::Data<Shared>, kind: S
             auth_ok,
             status,
             opened_at,
-        ))
+        )
     };
 
     if let Err(why) = auth {
         tracing::debug!(attempt, path = req.path(), reason = ?why, "simulator refused a signature");
-        log(401, false).finish("status");
+        shared.open(log(401, false)).finish("status");
         return status_response(401, script.retry_after_s);
     }
     if let Some(status) = script.status.filter(|s| *s != 200) {
-        log(status, true).finish("status");
+        shared.open(log(status, true)).finish("status");
         return status_response(status, script.retry_after_s);
     }
     let sp = match StreamParams::parse(kind, &params) {
         Ok(sp) => sp,
         Err((status, text)) => {
-            log(status, true).finish("status");
+            shared.open(log(status, true)).finish("status");
             return text_response(status, text);
         }
     };
 
-    let slot = log(200, true);
-    let site = (kind == StreamKind::Site).then(|| {
-        let conn = Arc::new(SiteConn::new(&sp));
+    let mut slot = log(200, true);
+    // protocols.md A.7: `1_1_` and 32 hex digits.
+    let stream_id =
+        (kind == StreamKind::Site).then(|| format!("1_1_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)));
+    let carried = Arc::new(Mutex::new(dedup(&sp.follow)));
+    slot.follows = match kind {
+        StreamKind::Site => Follows::Live(Arc::clone(&carried)),
+        StreamKind::Filter => Follows::Request,
+        StreamKind::Sample | StreamKind::User => Follows::None,
+    };
+    slot.control_uri = stream_id.as_ref().map(|id| format!("/1.1/site/c/{id}"));
+    let slot = shared.open(slot);
+    let site = stream_id.map(|stream_id| {
+        let conn = Arc::new(SiteConn::new(stream_id, &sp, Arc::clone(&slot), carried));
         lock(&shared.sites).insert(conn.stream_id.clone(), Arc::clone(&conn));
         conn
     });
@@ -267,9 +280,11 @@ fn open_stream(req: HttpRequest, body: &[u8], shared: web::Data<Shared>, kind: S
         stall_warnings: sp.stall_warnings,
         stringify_friend_ids: sp.stringify_friend_ids,
         site_users: sp.follow.clone(),
-        control_uri: site.as_ref().map(|s| format!("/1.1/site/c/{}", s.stream_id)),
+        control_uri: slot.control_uri.clone(),
     });
     let shared = shared.into_inner();
+    let broadcast = script.broadcast && matches!(kind, StreamKind::Filter | StreamKind::Sample);
+    let feed = if broadcast { fanout::subscribe(&shared, attempt, &script) } else { None };
     let producer = Producer {
         writer: FrameWriter::new(tx, shared.stop.subscribe(), sp.delimited, script.split, seed),
         stop: shared.stop.subscribe(),
@@ -278,6 +293,8 @@ fn open_stream(req: HttpRequest, body: &[u8], shared: web::Data<Shared>, kind: S
         script,
         gen: generator,
         site,
+        broadcast,
+        feed,
     };
     actix_rt::spawn(producer.run());
     HttpResponse::Ok().content_type("application/json").streaming(BodyStream::new(rx, fd))
@@ -288,10 +305,34 @@ struct Producer {
     shared: Arc<Shared>,
     slot: Arc<ConnSlot>,
     script: AttemptScript,
+    /// Renders this connection's messages; on a broadcast stream only its
+    /// junk and disconnect messages.
     gen: Generator,
     writer: FrameWriter,
     stop: watch::Receiver<bool>,
     site: Option<Arc<SiteConn>>,
+    /// Forwards the broadcast generator instead of using `gen`.
+    broadcast: bool,
+    /// The broadcast subscription (None on a broadcast stream: the generator
+    /// already reached its limit). Taken by `forward`, so it is dropped the
+    /// moment the stream decides to end.
+    feed: Option<Feed>,
+}
+
+/// What the script says before the next message.
+enum Step {
+    /// Send it.
+    Go,
+    /// A scripted silence just ended: restart pacing, then send it.
+    Resumed,
+    /// The stream ends, for this reason.
+    End(&'static str),
+}
+
+/// Whether message number `n` of a broadcast stream is this connection's
+/// own junk (inserted before the next broadcast message, never replacing it).
+fn is_junk(n: u64, script: &AttemptScript) -> bool {
+    script.oversized_at.contains(&n) || script.malformed_every.is_some_and(|every| every > 0 && n % every == 0)
 }
 
 impl Producer {
@@ -302,78 +343,156 @@ impl Producer {
             Err(Halt::ServerStop) => "server stop",
         };
         self.slot.finish(end);
-        if let Some(site) = &self.site {
-            lock(&self.shared.sites).remove(&site.stream_id);
-        }
         tracing::debug!(
             attempt = self.slot.attempt,
             end,
             messages = self.slot.messages.load(Ordering::Relaxed),
             "simulated stream ended"
         );
+        // Drop unregisters the stream.
     }
 
     async fn stream(&mut self) -> Result<&'static str, Halt> {
-        let script = self.script.clone();
-        let rate = u64::from(self.shared.rate);
-        let mut ticker = interval(TICK);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        // The first message goes out at once; at most about a second's worth
-        // of messages is ever owed.
-        let mut credit = TICKS_PER_S;
-        let cap = rate + TICKS_PER_S;
+        if !self.broadcast {
+            return self.generate().await;
+        }
+        match self.feed.take() {
+            Some(feed) => self.forward(feed).await,
+            None => {
+                // The generator reached its limit before this connection.
+                self.writer.flush().await?;
+                Ok("limit")
+            }
+        }
+    }
+
+    /// The script's ends and silence, checked before message `sent + 1`.
+    async fn scripted(&mut self, sent: u64, silenced: &mut bool) -> Result<Step, Halt> {
+        let s = &self.script;
+        let (reset, code, silence) = (s.reset, s.disconnect_code, Duration::from_millis(s.silence_ms));
+        if s.close_after.is_some_and(|n| sent >= n) {
+            self.writer.abort(reset).await?;
+            return Ok(Step::End(if reset { "reset" } else { "close_after" }));
+        }
+        if s.disconnect_after.is_some_and(|n| sent >= n) {
+            let r = self.gen.disconnect(code);
+            self.note(&r);
+            self.writer.message(&self.gen.buf).await?;
+            self.writer.flush().await?;
+            return Ok(Step::End("disconnect"));
+        }
+        if s.limit.is_some_and(|n| sent >= n) {
+            self.writer.flush().await?;
+            return Ok(Step::End("limit"));
+        }
+        if !*silenced && s.silence_after.is_some_and(|n| sent >= n) {
+            *silenced = true;
+            self.writer.flush().await?;
+            self.silence(silence).await?;
+            // Carry on as if the silence had been traffic: no keep-alive
+            // first (and, when paced, no burst of owed messages).
+            self.writer.last_write = Instant::now();
+            return Ok(Step::Resumed);
+        }
+        Ok(Step::Go)
+    }
+
+    /// This connection's own messages, paced at the simulator's rate.
+    async fn generate(&mut self) -> Result<&'static str, Halt> {
+        let mut pacer = Pacer::new(self.shared.rate);
         let mut sent: u64 = 0;
         let mut silenced = false;
         loop {
-            if script.close_after.is_some_and(|n| sent >= n) {
-                self.writer.abort(script.reset).await?;
-                return Ok(if script.reset { "reset" } else { "close_after" });
+            match self.scripted(sent, &mut silenced).await? {
+                Step::End(end) => return Ok(end),
+                Step::Resumed => pacer.reset(),
+                Step::Go => {}
             }
-            if script.disconnect_after.is_some_and(|n| sent >= n) {
-                let r = self.gen.disconnect(script.disconnect_code);
-                self.note(&r);
-                self.writer.message(&self.gen.buf).await?;
-                self.writer.flush().await?;
-                return Ok("disconnect");
-            }
-            if script.limit.is_some_and(|n| sent >= n) {
-                self.writer.flush().await?;
-                return Ok("limit");
-            }
-            if !silenced && script.silence_after.is_some_and(|n| sent >= n) {
-                silenced = true;
-                self.writer.flush().await?;
-                self.silence(Duration::from_millis(script.silence_ms)).await?;
-                // Carry on as if the silence had been traffic: no burst of
-                // owed messages, no keep-alive first.
-                ticker.reset();
-                self.writer.last_write = Instant::now();
-            }
-            if rate == 0 {
+            if pacer.throttled() {
+                // Bounded: every turn waits for a tick or a keep-alive.
+                while !pacer.try_take() {
+                    self.writer.flush().await?;
+                    self.wait_tick(&mut pacer).await?;
+                }
+            } else if sent % 64 == 0 && *self.stop.borrow() {
                 // Unthrottled: the channel's backpressure is the pace; look
                 // for a stop now and then without a select per message.
-                if sent % 64 == 0 && *self.stop.borrow() {
-                    return Err(Halt::ServerStop);
-                }
-            } else {
-                while credit < TICKS_PER_S {
-                    self.writer.flush().await?;
-                    self.wait_tick(&mut ticker).await?;
-                    credit = (credit + rate).min(cap);
-                    if self.writer.last_write.elapsed() >= self.shared.keepalive {
-                        self.writer.keepalive().await?;
-                    }
-                }
-                credit -= TICKS_PER_S;
+                return Err(Halt::ServerStop);
             }
             self.apply_site_changes();
             sent += 1;
-            let r = self.gen.next(sent, &script);
+            let r = self.gen.next(sent, &self.script);
             self.note(&r);
             self.writer.message(&self.gen.buf).await?;
             if r.kind == "oversized" {
                 self.gen.trim();
             }
+        }
+    }
+
+    /// The broadcast generator's messages, each one produced while this
+    /// connection is subscribed, in order; its own junk in between.
+    async fn forward(&mut self, mut feed: Feed) -> Result<&'static str, Halt> {
+        let mut sent: u64 = 0;
+        let mut silenced = false;
+        loop {
+            if let Step::End(end) = self.scripted(sent, &mut silenced).await? {
+                return Ok(end);
+            }
+            sent += 1;
+            if is_junk(sent, &self.script) {
+                let r = self.gen.next(sent, &self.script);
+                self.note(&r);
+                self.writer.message(&self.gen.buf).await?;
+                if r.kind == "oversized" {
+                    self.gen.trim();
+                }
+                continue;
+            }
+            match self.next_frame(&mut feed).await? {
+                Ok(frame) => {
+                    self.note_frame(&frame);
+                    self.writer.message(&frame.payload).await?;
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    // Never skip silently: the client sees a broken body.
+                    tracing::debug!(attempt = self.slot.attempt, missed, "broadcast subscriber lagged");
+                    self.writer.abort(false).await?;
+                    return Ok("lagged");
+                }
+                Err(RecvError::Closed) => {
+                    if *self.stop.borrow() {
+                        return Err(Halt::ServerStop);
+                    }
+                    // The generator reached its limit and this connection
+                    // has written everything it produced.
+                    self.writer.flush().await?;
+                    return Ok("limit");
+                }
+            }
+        }
+    }
+
+    /// The next broadcast message; flushes and sends keep-alives while none
+    /// is queued.
+    async fn next_frame(&mut self, feed: &mut Feed) -> Result<Result<Arc<Frame>, RecvError>, Halt> {
+        match feed.try_recv() {
+            Ok(frame) => return Ok(Ok(frame)),
+            Err(TryRecvError::Lagged(n)) => return Ok(Err(RecvError::Lagged(n))),
+            Err(TryRecvError::Closed) => return Ok(Err(RecvError::Closed)),
+            Err(TryRecvError::Empty) => {}
+        }
+        self.writer.flush().await?;
+        // Bounded: every turn that does not return sends a keep-alive.
+        loop {
+            let idle = self.shared.keepalive.saturating_sub(self.writer.last_write.elapsed());
+            tokio::select! {
+                r = feed.recv() => return Ok(r),
+                _ = tokio::time::sleep(idle) => {}
+                _ = self.writer.closed() => return Err(Halt::ClientClosed),
+                _ = wire::stopped(&mut self.stop) => return Err(Halt::ServerStop),
+            }
+            self.writer.keepalive().await?;
         }
     }
 
@@ -386,12 +505,19 @@ impl Producer {
         }
     }
 
-    async fn wait_tick(&mut self, ticker: &mut Interval) -> Result<(), Halt> {
+    /// Waits for the next tick, sending a keep-alive when one is due.
+    async fn wait_tick(&mut self, pacer: &mut Pacer) -> Result<(), Halt> {
+        let idle = self.shared.keepalive.saturating_sub(self.writer.last_write.elapsed());
         tokio::select! {
-            _ = ticker.tick() => Ok(()),
-            _ = self.writer.closed() => Err(Halt::ClientClosed),
-            _ = wire::stopped(&mut self.stop) => Err(Halt::ServerStop),
+            _ = pacer.tick() => {}
+            _ = tokio::time::sleep(idle) => {}
+            _ = self.writer.closed() => return Err(Halt::ClientClosed),
+            _ = wire::stopped(&mut self.stop) => return Err(Halt::ServerStop),
         }
+        if self.writer.last_write.elapsed() >= self.shared.keepalive {
+            self.writer.keepalive().await?;
+        }
+        Ok(())
     }
 
     fn note(&self, r: &Rendered) {
@@ -407,14 +533,46 @@ impl Producer {
         }
     }
 
+    /// A broadcast message is recorded once, by the first connection that
+    /// writes it.
+    fn note_frame(&self, frame: &Frame) {
+        self.slot.messages.fetch_add(1, Ordering::Relaxed);
+        if frame.first_write() && self.shared.record_sent > 0 {
+            self.shared.record(SentMessage {
+                attempt: self.slot.attempt,
+                kind: frame.kind,
+                id: frame.id.map(|id| id.to_string()),
+                for_user: None,
+                payload: frame.payload.clone(),
+            });
+        }
+    }
+
     fn apply_site_changes(&mut self) {
         if let Some(site) = &self.site {
             if site.dirty.swap(false, Ordering::AcqRel) {
-                let (added, removed) = std::mem::take(&mut *lock(&site.changes));
-                self.gen.change_site_users(&added, &removed);
+                let carried = lock(&site.carried).clone();
+                self.gen.set_site_users(&carried);
             }
         }
     }
+}
+
+impl Drop for Producer {
+    // Also runs when a worker's runtime drops the task at shutdown.
+    fn drop(&mut self) {
+        self.slot.finish("server stop");
+        self.shared.close(&self.slot);
+        if let Some(site) = &self.site {
+            lock(&self.shared.sites).remove(&site.stream_id);
+        }
+    }
+}
+
+/// `ids` without repeats, in first-seen order.
+fn dedup(ids: &[u64]) -> Vec<u64> {
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
 }
 
 /// A live site stream, reachable through its control URI.
@@ -423,50 +581,44 @@ pub(crate) struct SiteConn {
     delimited: bool,
     with: String,
     replies: String,
-    users: Mutex<Vec<u64>>,
-    /// Added and removed users the producer has not applied yet.
-    changes: Mutex<(Vec<u64>, Vec<u64>)>,
+    slot: Arc<ConnSlot>,
+    /// The users carried now, in order; shared with `slot.follows`.
+    carried: Arc<Mutex<Vec<u64>>>,
+    /// `carried` changed since the producer last looked.
     dirty: AtomicBool,
 }
 
 impl SiteConn {
-    fn new(sp: &StreamParams) -> SiteConn {
+    fn new(stream_id: String, sp: &StreamParams, slot: Arc<ConnSlot>, carried: Arc<Mutex<Vec<u64>>>) -> SiteConn {
         SiteConn {
-            // protocols.md A.7: `1_1_` and 32 hex digits.
-            stream_id: format!("1_1_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            stream_id,
             delimited: sp.delimited,
             with: sp.with.clone(),
             replies: sp.replies.clone(),
-            users: Mutex::new(sp.follow.clone()),
-            changes: Mutex::new((Vec::new(), Vec::new())),
+            slot,
+            carried,
             dirty: AtomicBool::new(false),
         }
     }
 
-    fn add(&self, ids: &[u64]) {
-        let mut users = lock(&self.users);
-        let mut changes = lock(&self.changes);
-        for id in ids {
-            if !users.contains(id) {
-                users.push(*id);
-                changes.0.push(*id);
-                changes.1.retain(|r| r != id);
-            }
+    fn add(&self, ids: &[u64]) -> Result<(), ControlRefusal> {
+        let mut users = lock(&self.carried);
+        let new = dedup(ids).into_iter().filter(|id| !users.contains(id)).collect::<Vec<u64>>();
+        if users.len() + new.len() > MAX_SITE_CARRIED {
+            return Err((413, Some(format!("A stream carries at most {MAX_SITE_CARRIED} users"))));
         }
+        users.extend(new);
         self.dirty.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn remove(&self, ids: &[u64]) {
-        let mut users = lock(&self.users);
-        let mut changes = lock(&self.changes);
-        users.retain(|u| !ids.contains(u));
-        changes.0.retain(|a| !ids.contains(a));
-        changes.1.extend_from_slice(ids);
+        lock(&self.carried).retain(|u| !ids.contains(u));
         self.dirty.store(true, Ordering::Release);
     }
 
     fn info_json(&self) -> serde_json::Value {
-        let users: Vec<serde_json::Value> = lock(&self.users)
+        let users: Vec<serde_json::Value> = lock(&self.carried)
             .iter()
             .map(|id| serde_json::json!({ "id": id, "id_str": id.to_string(), "name": format!("user{id}"), "dm": false }))
             .collect();
@@ -487,9 +639,6 @@ impl SiteConn {
 /// status has Twitter's own (401, 404).
 type ControlRefusal = (u16, Option<String>);
 
-/// A control request's stream and decoded parameters.
-type ControlTarget = (Arc<SiteConn>, Vec<(String, String)>);
-
 fn refuse((status, text): ControlRefusal) -> HttpResponse {
     match text {
         Some(t) => text_response(status, t),
@@ -497,79 +646,129 @@ fn refuse((status, text): ControlRefusal) -> HttpResponse {
     }
 }
 
-/// Authenticates a control request and finds its stream.
-fn control_target(req: &HttpRequest, body: &[u8], shared: &Shared) -> Result<ControlTarget, ControlRefusal> {
-    let params = request_params(req, body);
-    if let Err(why) = check_auth(req, &params, &shared.credentials) {
-        tracing::debug!(path = req.path(), reason = ?why, "simulator refused a control request");
-        return Err((401, None));
-    }
-    let id = req.match_info().get("stream_id").unwrap_or_default();
-    match lock(&shared.sites).get(id) {
-        Some(conn) => Ok((Arc::clone(conn), params)),
-        None => Err((404, None)),
+/// The control-stream operations (protocols.md A.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ControlOp {
+    Info,
+    AddUser,
+    RemoveUser,
+    FriendsIds,
+}
+
+impl ControlOp {
+    fn name(self) -> &'static str {
+        match self {
+            ControlOp::Info => "info",
+            ControlOp::AddUser => "add_user",
+            ControlOp::RemoveUser => "remove_user",
+            ControlOp::FriendsIds => "friends_ids",
+        }
     }
 }
 
-/// The `user_id` list of add/remove: 1 to 100 numeric ids.
-fn control_ids(params: &[(String, String)]) -> Result<Vec<u64>, ControlRefusal> {
+/// The `user_id` list of add/remove: 1 to 100 numeric ids (hbc's limit; more
+/// is a 400). Also returns what to log: the ids, or for a refused call at
+/// most the first 100 that parse.
+fn control_ids(params: &[(String, String)]) -> (Vec<u64>, Result<(), ControlRefusal>) {
     let list = items(params, "user_id");
+    let logged = || list.iter().filter_map(|v| v.parse().ok()).take(MAX_CONTROL_IDS).collect();
     if list.is_empty() {
-        return Err((400, Some("Parameter user_id is required".into())));
+        return (Vec::new(), Err((400, Some("Parameter user_id is required".into()))));
     }
     if list.len() > MAX_CONTROL_IDS {
-        return Err((413, Some(format!("Parameter user_id has more than {MAX_CONTROL_IDS} items"))));
+        return (logged(), Err((400, Some(format!("Parameter user_id has more than {MAX_CONTROL_IDS} items")))));
     }
-    parse_ids(&list, "user_id").map_err(|(s, t)| (s, Some(t)))
+    match parse_ids(&list, "user_id") {
+        Ok(ids) => (ids, Ok(())),
+        Err((status, text)) => (logged(), Err((status, Some(text)))),
+    }
 }
 
 async fn control_info(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
-    match control_target(&req, &body, &shared) {
-        Ok((conn, _)) => HttpResponse::Ok().json(conn.info_json()),
-        Err(refusal) => refuse(refusal),
-    }
+    control(ControlOp::Info, &req, &body, &shared)
 }
 
 async fn control_add(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
-    match control_target(&req, &body, &shared).and_then(|(c, p)| Ok((c, control_ids(&p)?))) {
-        Ok((conn, ids)) => {
-            conn.add(&ids);
-            HttpResponse::Ok().finish()
-        }
-        Err(refusal) => refuse(refusal),
-    }
+    control(ControlOp::AddUser, &req, &body, &shared)
 }
 
 async fn control_remove(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
-    match control_target(&req, &body, &shared).and_then(|(c, p)| Ok((c, control_ids(&p)?))) {
-        Ok((conn, ids)) => {
-            conn.remove(&ids);
-            HttpResponse::Ok().finish()
-        }
-        Err(refusal) => refuse(refusal),
-    }
+    control(ControlOp::RemoveUser, &req, &body, &shared)
 }
 
 async fn control_friends(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
-    let (conn, params) = match control_target(&req, &body, &shared) {
-        Ok(found) => found,
-        Err(refusal) => return refuse(refusal),
+    control(ControlOp::FriendsIds, &req, &body, &shared)
+}
+
+/// Answers a control request and logs it.
+fn control(op: ControlOp, req: &HttpRequest, body: &[u8], shared: &Shared) -> HttpResponse {
+    let params = request_params(req, body);
+    let id = req.match_info().get("stream_id").unwrap_or_default();
+    // A closed stream's id is unknown, even before its producer unregistered.
+    let conn = lock(&shared.sites).get(id).filter(|c| !c.slot.is_closed()).cloned();
+    let attempt = conn.as_ref().map_or(u64::MAX, |c| c.slot.attempt);
+    let (user_ids, resp) = control_answer(op, req, &params, conn, shared);
+    shared.log_control(ControlCall {
+        attempt,
+        op: op.name(),
+        user_ids,
+        status: resp.status().as_u16(),
+        at: Instant::now(),
+    });
+    resp
+}
+
+fn control_answer(
+    op: ControlOp,
+    req: &HttpRequest,
+    params: &[(String, String)],
+    conn: Option<Arc<SiteConn>>,
+    shared: &Shared,
+) -> (Vec<u64>, HttpResponse) {
+    // Parsed first, so a refused call is logged with its ids too.
+    let (ids, checked) = match op {
+        ControlOp::AddUser | ControlOp::RemoveUser => control_ids(params),
+        ControlOp::FriendsIds => match first(params, "user_id").map(str::parse::<u64>) {
+            Some(Ok(u)) => (vec![u], Ok(())),
+            _ => (Vec::new(), Err((400, Some("Parameter user_id is required".into())))),
+        },
+        ControlOp::Info => (Vec::new(), Ok(())),
     };
-    let user = match first(&params, "user_id").map(str::parse::<u64>) {
-        Some(Ok(u)) if lock(&conn.users).contains(&u) => u,
-        Some(Ok(_)) => return text_response(404, "User is not on this stream".into()),
-        _ => return text_response(400, "Parameter user_id is required".into()),
+    if let Err(why) = check_auth(req, params, &shared.credentials) {
+        tracing::debug!(path = req.path(), reason = ?why, "simulator refused a control request");
+        return (ids, status_response(401, None));
+    }
+    let Some(conn) = conn else {
+        return (ids, status_response(404, None));
+    };
+    let answer = checked.and_then(|()| match op {
+        ControlOp::Info => Ok(HttpResponse::Ok().json(conn.info_json())),
+        ControlOp::AddUser => conn.add(&ids).map(|()| HttpResponse::Ok().finish()),
+        ControlOp::RemoveUser => {
+            conn.remove(&ids);
+            Ok(HttpResponse::Ok().finish())
+        }
+        ControlOp::FriendsIds => friends_ids(&conn, &ids),
+    });
+    (ids, answer.unwrap_or_else(refuse))
+}
+
+/// `friends/ids.json` for the one user in `ids`, who must be on the stream.
+fn friends_ids(conn: &SiteConn, ids: &[u64]) -> Result<HttpResponse, ControlRefusal> {
+    let user = match ids {
+        [u] if lock(&conn.carried).contains(u) => *u,
+        _ => return Err((404, Some("User is not on this stream".into()))),
     };
     let friends: serde_json::Value =
         serde_json::from_slice(super::payloads::friends_json()).unwrap_or(serde_json::Value::Null);
-    HttpResponse::Ok().json(serde_json::json!({
+    Ok(HttpResponse::Ok().json(serde_json::json!({
         "follow": {
             "user": { "id": user, "id_str": user.to_string() },
             "friends": friends["friends"],
             "previous_cursor": 0, "previous_cursor_str": "0",
             "next_cursor": 0, "next_cursor_str": "0",
         }
-    }))
+    })))
 }
 
 /// A refusal with a plain-text body, as the streaming hosts sent them.
