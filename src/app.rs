@@ -30,6 +30,8 @@ pub struct Running {
     pub metrics: Metrics,
     /// Per-connection stats.
     pub stats: StatsRegistry,
+    /// The control API, when `[control]` is configured.
+    pub control: Option<crate::control::ControlServer>,
 }
 
 /// TLS for awc: rustls with the ring provider, installed once per process.
@@ -129,9 +131,6 @@ pub async fn start_embedded(config: &Config, registry: &SinkRegistry) -> anyhow:
 
 async fn start_with(config: &Config, registry: &SinkRegistry, stop_system: bool) -> anyhow::Result<Running> {
     install_crypto();
-    if let Some(control) = &config.control {
-        tracing::warn!(listen = %control.listen, "[control] is validated but the control API is not served by this release");
-    }
     let sources = twitter_sources(config)?;
     let simulator = start_simulator(config).await?;
     let metrics = Metrics::default();
@@ -146,7 +145,24 @@ async fn start_with(config: &Config, registry: &SinkRegistry, stop_system: bool)
         .reload_hook(reload)
         .stop_system(stop_system)
         .start();
-    Ok(Running { supervisor, simulator, metrics, stats })
+    let control = match &config.control {
+        None => None,
+        Some(c) => {
+            let listen: SocketAddr = c.listen.parse().context("control.listen")?;
+            let token = c.resolved_token()?;
+            let ctx = crate::control::ControlContext {
+                supervisor: supervisor.clone(),
+                metrics: metrics.clone(),
+                stats: stats.clone(),
+                token,
+            };
+            let server = crate::control::start(listen, ctx)
+                .await
+                .with_context(|| format!("starting the control API on {listen}"))?;
+            Some(server)
+        }
+    };
+    Ok(Running { supervisor, simulator, metrics, stats, control })
 }
 
 /// Sends [`Shutdown`] with exit code 0 on SIGINT or SIGTERM; a second signal

@@ -34,10 +34,7 @@ pub fn control_requests(base_url: &str, control_uri: &str, op: ControlOp, ids: &
         .map(|chunk| StreamRequest {
             method: Method::Post,
             url: url.clone(),
-            params: vec![(
-                "user_id".to_owned(),
-                chunk.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
-            )],
+            params: vec![("user_id".to_owned(), chunk.iter().map(u64::to_string).collect::<Vec<_>>().join(","))],
         })
         .collect()
 }
@@ -64,7 +61,8 @@ pub async fn call(
             .await
             .map_err(|e| format!("{} {}: {e}", op.path(), signed.url))?;
         if !res.status().is_success() {
-            let text = res.body().limit(2048).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            let text =
+                res.body().limit(2048).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
             return Err(format!("{} answered HTTP {}: {text}", op.path(), res.status().as_u16()));
         }
     }

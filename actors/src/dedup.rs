@@ -4,7 +4,7 @@
 //! fixed however long the service runs.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use crate::messages::Event;
@@ -38,9 +38,7 @@ impl DedupWindow {
 
     fn key(&self, e: &Event) -> Option<u64> {
         let id = e.id.as_deref()?;
-        let mut h = self.hasher.build_hasher();
-        (e.kind, id, e.for_user).hash(&mut h);
-        Some(h.finish())
+        Some(self.hasher.hash_one((e.kind, id, e.for_user)))
     }
 
     /// Keeps the events not seen before (events without an id always pass);
@@ -103,7 +101,8 @@ mod tests {
             ev(EventKind::Limit, None, None),
         ]);
         assert_eq!((kept.len(), dropped), (5, 1));
-        let (kept, dropped) = w.filter(vec![ev(EventKind::Tweet, Some("1"), None), ev(EventKind::Tweet, Some("2"), None)]);
+        let (kept, dropped) =
+            w.filter(vec![ev(EventKind::Tweet, Some("1"), None), ev(EventKind::Tweet, Some("2"), None)]);
         assert_eq!((kept.len(), dropped), (1, 1));
     }
 

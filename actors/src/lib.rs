@@ -4,9 +4,13 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod control_messages;
+pub mod control_stream;
+pub mod dedup;
 pub mod error;
 pub mod messages;
 pub mod metrics;
+pub mod plan;
 pub mod protocol;
 pub mod shard_planner;
 pub mod sink_actor;
@@ -14,7 +18,3 @@ pub mod sinks;
 pub mod stats;
 pub mod stream_actor;
 pub mod supervisor;
-pub mod dedup;
-pub mod plan;
-pub mod control_messages;
-pub mod control_stream;

@@ -233,6 +233,8 @@ impl std::fmt::Display for DisconnectCause {
 pub struct StreamConnected {
     /// Connection id.
     pub connection: Arc<str>,
+    /// The follow ids the request that connected named (what the server now carries).
+    pub follow: Vec<u64>,
 }
 
 /// A connection ended and will be retried after a backoff wait.

@@ -18,9 +18,7 @@ use crate::control_messages::{
 };
 use crate::control_stream::{self, ControlOp};
 use crate::dedup::{DedupWindow, DEFAULT_WINDOW};
-use crate::messages::{
-    ControlAnnounced, SetRequest, StopStream, StreamConnected, StreamDisconnected, StreamFailed,
-};
+use crate::messages::{ControlAnnounced, SetRequest, StopStream, StreamConnected, StreamDisconnected, StreamFailed};
 use crate::metrics::Metrics;
 use crate::plan::{consolidate, solve_site, Assignment, UpdateScheduler};
 use crate::protocol::framing::Delimiting;
@@ -183,6 +181,10 @@ fn nth_chunk<T: Clone>(items: &[T], per: usize, n: usize) -> Vec<T> {
     items.chunks(per.max(1)).nth(n).map(<[T]>::to_vec).unwrap_or_default()
 }
 
+/// How long the old connection of a make-before-break handover keeps reading
+/// after the new one answered 200.
+pub const HANDOVER_OVERLAP: Duration = Duration::from_millis(250);
+
 /// A source whose every connection failed for good.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
@@ -290,6 +292,11 @@ struct LiveShard {
     replaces: Option<usize>,
     /// A control-stream call is in flight; later changes wait for it.
     syncing: bool,
+    /// Replaced: reading out its overlap before it is stopped. Not part of the plan.
+    retiring: bool,
+    /// Emptied by a consolidation: closes once the connections that took its
+    /// follows carry them.
+    draining: bool,
 }
 
 /// Owns one source's shards and their connections.
@@ -355,7 +362,20 @@ impl ShardPlanner {
     }
 
     /// Starts a connection for `query`; returns its index.
-    fn start_shard(&mut self, ctx: &mut Context<Self>, credential: usize, query: TwitterQuery, replaces: Option<usize>) -> Option<usize> {
+    fn start_shard(
+        &mut self,
+        ctx: &mut Context<Self>,
+        credential: usize,
+        query: TwitterQuery,
+        replaces: Option<usize>,
+    ) -> Option<usize> {
+        if self.is_site() && query.follow.is_empty() {
+            // A site stream needs users; an emptied connection is closed instead.
+            if let Some(old) = replaces {
+                self.retire(old);
+            }
+            return None;
+        }
         let (Some(backoff), Some(counters)) = (self.backoff.clone(), self.counters.clone()) else { return None };
         let index = self.next_index;
         self.next_index += 1;
@@ -381,11 +401,13 @@ impl ShardPlanner {
             reset_after: self.spec.backoff.reset_after,
             max_message_bytes: self.spec.max_message_bytes,
         };
-        let carries = Carries { follow: query.follow.clone(), track: query.track.clone(), locations: query.locations.clone() };
+        let carries =
+            Carries { follow: query.follow.clone(), track: query.track.clone(), locations: query.locations.clone() };
         let stats = ConnectionStats::new(id.clone(), self.spec.name.clone(), carries, counters);
         self.ctx.stats.add(stats.clone());
         let (sinks, dedup, actor_stats) = (self.ctx.sinks.clone(), self.dedup.clone(), stats.clone());
-        let make = move |_: &mut Context<StreamActor>| StreamActor::new(spec, backoff, sinks, lifecycle, actor_stats, dedup);
+        let make =
+            move |_: &mut Context<StreamActor>| StreamActor::new(spec, backoff, sinks, lifecycle, actor_stats, dedup);
         let addr = match self.ctx.arbiters.get(index % self.ctx.arbiters.len().max(1)) {
             Some(arbiter) => actix::Supervisor::start_in_arbiter(arbiter, make),
             None => actix::Supervisor::start(make),
@@ -393,7 +415,20 @@ impl ShardPlanner {
         tracing::info!(connection = %id, follows = query.follow.len(), replaces = ?replaces.map(|r| format!("{}/{r}", self.spec.name)), "connection planned");
         self.shards.insert(
             index,
-            LiveShard { id, credential, query, has: BTreeSet::new(), control_uri: None, addr, stats, phase: Phase::Starting, replaces, syncing: false },
+            LiveShard {
+                id,
+                credential,
+                query,
+                has: BTreeSet::new(),
+                control_uri: None,
+                addr,
+                stats,
+                phase: Phase::Starting,
+                replaces,
+                syncing: false,
+                retiring: false,
+                draining: false,
+            },
         );
         Some(index)
     }
@@ -415,7 +450,7 @@ impl ShardPlanner {
         let replaced: BTreeSet<usize> = self.shards.values().filter_map(|s| s.replaces).collect();
         self.shards
             .iter()
-            .filter(|(i, _)| !replaced.contains(i))
+            .filter(|(i, s)| !replaced.contains(i) && !s.retiring && !s.draining)
             .map(|(i, s)| (*i, s.query.follow.iter().copied().collect()))
             .collect()
     }
@@ -468,7 +503,13 @@ impl ShardPlanner {
     /// new set, or (when it is streaming without a control stream) a
     /// make-before-break restart. Returns true when it restarted.
     fn sync_shard(&mut self, ctx: &mut Context<Self>, index: usize) -> bool {
+        // A shard on its way out has a successor that carries its follows.
+        if self.shards.values().any(|s| s.replaces == Some(index)) {
+            return false;
+        }
         let request = match self.shards.get(&index) {
+            // Leaving: its users are carried elsewhere.
+            Some(s) if s.retiring || s.draining => return false,
             Some(s) => self.request_for(&s.query),
             None => return false,
         };
@@ -511,6 +552,7 @@ impl ShardPlanner {
                     tracing::debug!(connection = %id, follows = shard.has.len(), "control stream updated");
                     // Changes that arrived meanwhile.
                     act.sync_shard(ctx, index);
+                    act.close_drained();
                 }
                 Err(e) => {
                     tracing::warn!(connection = %id, error = %e, "control stream call failed; restarting the connection make-before-break");
@@ -545,7 +587,11 @@ impl ShardPlanner {
             act.apply_update(ctx);
         });
         self.update_timer = Some((handle, now + delay));
-        if delay.is_zero() { "restart".into() } else { "scheduled".into() }
+        if delay.is_zero() {
+            "restart".into()
+        } else {
+            "scheduled".into()
+        }
     }
 
     fn apply_update(&mut self, ctx: &mut Context<Self>) {
@@ -561,27 +607,53 @@ impl ShardPlanner {
                 return;
             }
         };
-        let current: Vec<(usize, usize, TwitterQuery)> = self
-            .shards
-            .iter()
-            .filter(|(_, s)| s.replaces.is_none())
-            .map(|(i, s)| (*i, s.credential, s.query.clone()))
-            .collect();
         for shard in &shards {
-            match current.iter().find(|(_, cred, _)| *cred == shard.credential) {
-                Some((_, _, q)) if *q == shard.query => {}
-                Some((index, _, _)) => {
-                    self.start_shard(ctx, shard.credential, shard.query.clone(), Some(*index));
-                }
+            // The newest live connection on this credential is the current one
+            // (a replacement still connecting included).
+            let latest = self
+                .shards
+                .iter()
+                .filter(|(_, s)| s.credential == shard.credential && !s.retiring)
+                .map(|(i, s)| (*i, s.query.clone(), s.replaces))
+                .next_back();
+            match latest {
                 None => {
                     self.start_shard(ctx, shard.credential, shard.query.clone(), None);
                 }
+                Some((_, q, _)) if q == shard.query => {}
+                Some((pending, _, Some(original))) => {
+                    // Superseded before it connected: the newest predicates replace the original.
+                    self.retire(pending);
+                    self.start_shard(ctx, shard.credential, shard.query.clone(), Some(original));
+                }
+                Some((index, _, None)) => {
+                    self.start_shard(ctx, shard.credential, shard.query.clone(), Some(index));
+                }
             }
         }
-        for (index, cred, _) in current {
-            if !shards.iter().any(|s| s.credential == cred) {
-                self.retire(index);
-            }
+        let planned: BTreeSet<usize> = shards.iter().map(|s| s.credential).collect();
+        let stale: Vec<usize> = self
+            .shards
+            .iter()
+            .filter(|(_, s)| !planned.contains(&s.credential) && !s.retiring)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in stale {
+            self.retire(index);
+        }
+    }
+
+    /// Closes connections emptied by a consolidation once no control-stream
+    /// call and no replacement is pending: by then their users are carried
+    /// elsewhere.
+    fn close_drained(&mut self) {
+        let busy = self.shards.values().any(|s| s.syncing || s.replaces.is_some());
+        if busy {
+            return;
+        }
+        let drained: Vec<usize> = self.shards.iter().filter(|(_, s)| s.draining).map(|(i, _)| *i).collect();
+        for index in drained {
+            self.retire(index);
         }
     }
 
@@ -613,7 +685,9 @@ impl Actor for ShardPlanner {
                 }
                 self.delta = delta;
             }
-            Err(e) => tracing::error!(source = %self.spec.name, error = %e, "cannot read persisted follow changes; starting from the config"),
+            Err(e) => {
+                tracing::error!(source = %self.spec.name, error = %e, "cannot read persisted follow changes; starting from the config")
+            }
         }
         self.spec.query.follow = self.desired_follows();
         self.backoff = Some(BackoffActor::new(self.spec.backoff.clone()).start());
@@ -640,18 +714,21 @@ impl Handler<StreamConnected> for ShardPlanner {
     type Result = ();
     fn handle(&mut self, msg: StreamConnected, ctx: &mut Context<Self>) {
         let Some(index) = self.index_of(&msg.connection) else { return };
-        let connect_set: BTreeSet<u64> = match self.shards.get(&index) {
-            Some(s) => self.connect_follows(&s.query.follow).into_iter().collect(),
-            None => return,
-        };
         let Some(shard) = self.shards.get_mut(&index) else { return };
         shard.phase = Phase::Connected;
-        shard.has = connect_set;
-        // Make-before-break: the new connection answered 200, the old one goes now.
+        // What the request named, which may predate changes made while it connected.
+        shard.has = msg.follow.into_iter().collect();
+        // Make-before-break: the new connection answered 200; the old one
+        // keeps reading a little longer so that nothing sent to it before the
+        // new subscription began is left unread. The dedup window absorbs the overlap.
         if let Some(old) = shard.replaces.take() {
-            self.retire(old);
+            if let Some(o) = self.shards.get_mut(&old) {
+                o.retiring = true;
+            }
+            ctx.run_later(HANDOVER_OVERLAP, move |act, _| act.retire(old));
         }
         self.sync_shard(ctx, index);
+        self.close_drained();
     }
 }
 
@@ -725,7 +802,11 @@ impl Handler<ChangeFollows> for ShardPlanner {
         if self.is_site() {
             let needed = after.len().div_ceil(self.site_limit());
             if needed > self.spec.max_connections {
-                return Err(PlanError::TooMany { field: "follow", needed, reason: format!("max_connections is {}", self.spec.max_connections) });
+                return Err(PlanError::TooMany {
+                    field: "follow",
+                    needed,
+                    reason: format!("max_connections is {}", self.spec.max_connections),
+                });
             }
         } else {
             plan_shards(&probe)?;
@@ -757,7 +838,8 @@ impl Handler<ReplacePredicates> for ShardPlanner {
         if !self.is_site() {
             plan_shards(&probe)?;
         }
-        let predicates_changed = probe.query.track != self.spec.query.track || probe.query.locations != self.spec.query.locations;
+        let predicates_changed =
+            probe.query.track != self.spec.query.track || probe.query.locations != self.spec.query.locations;
         self.config_follows = msg.follow;
         self.spec.query.track = msg.track;
         self.spec.query.locations = msg.locations;
@@ -780,7 +862,10 @@ impl Handler<Consolidate> for ShardPlanner {
 
     fn handle(&mut self, _: Consolidate, ctx: &mut Context<Self>) -> Self::Result {
         if !self.is_site() {
-            return Err(PlanError::NotApplicable(format!("source `{}` is not a site stream; only site streams consolidate", self.spec.name)));
+            return Err(PlanError::NotApplicable(format!(
+                "source `{}` is not a site stream; only site streams consolidate",
+                self.spec.name
+            )));
         }
         let current = self.current_site_assignment();
         let before = current.len();
@@ -798,24 +883,17 @@ impl Handler<Consolidate> for ShardPlanner {
                 from.query.follow.retain(|id| !m.ids.contains(id));
             }
         }
+        for index in &close {
+            if let Some(shard) = self.shards.get_mut(index) {
+                shard.draining = true;
+            }
+        }
         let targets: BTreeSet<usize> = moves.iter().map(|m| m.to).collect();
         for index in targets {
             self.sync_shard(ctx, index);
         }
-        // Emptied connections close once their users have joined the targets:
-        // retiring them now could drop a user whose add is still in flight, so
-        // wait for the targets' syncs.
-        let to_close: Vec<usize> = close.into_iter().collect();
-        let after = before - to_close.len();
-        ctx.run_interval(Duration::from_millis(20), move |act, ctx| {
-            if act.shards.values().any(|s| s.syncing) {
-                return;
-            }
-            for index in &to_close {
-                act.retire(*index);
-            }
-            ctx.cancel_future(ctx.handle());
-        });
+        let after = before - close.len();
+        self.close_drained();
         Ok(Consolidated { before, after, moved })
     }
 }

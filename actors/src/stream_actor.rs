@@ -13,8 +13,8 @@ use chrono::Utc;
 use futures_util::StreamExt;
 
 use crate::backoff::{BackoffActor, PlanAttempt};
-use crate::error::StreamError;
 use crate::dedup::DedupWindow;
+use crate::error::StreamError;
 use crate::messages::{
     ControlAnnounced, DisconnectCause, Event, EventKind, SetRequest, StopStream, StreamConnected, StreamDisconnected,
     StreamFailed,
@@ -67,6 +67,10 @@ pub struct StreamActor {
     lifecycle: LifecycleRecipients,
     stats: Arc<ConnectionStats>,
     dedup: Arc<DedupWindow>,
+    /// Asks the read loop to end between batches (a stop never cuts a delivery in half).
+    stop: Arc<tokio::sync::Notify>,
+    /// Woken when a connection attempt ends.
+    ended: Arc<tokio::sync::Notify>,
     /// Why the previous attempt ended; kept across supervised restarts.
     last_end: Option<(DisconnectCause, bool)>,
     /// Failed for good or stopped: a restart must not reconnect.
@@ -91,6 +95,8 @@ impl StreamActor {
             lifecycle,
             stats,
             dedup,
+            stop: Arc::new(tokio::sync::Notify::new()),
+            ended: Arc::new(tokio::sync::Notify::new()),
             last_end: None,
             done: false,
             connection: None,
@@ -105,6 +111,7 @@ impl StreamActor {
             self.stats.clone(),
             self.lifecycle.clone(),
             self.dedup.clone(),
+            self.stop.clone(),
         );
         let handle = ctx.spawn(run.into_actor(self).map(|end, act, ctx| act.connection_ended(end, ctx)));
         self.connection = Some(handle);
@@ -112,7 +119,14 @@ impl StreamActor {
 
     fn connection_ended(&mut self, end: ConnectionEnd, ctx: &mut Context<Self>) {
         self.connection = None;
+        self.ended.notify_waiters();
         let id = self.spec.id.clone();
+        if self.done {
+            if self.stats.state() != ConnectionState::Failed {
+                self.stats.set_state(ConnectionState::Stopped);
+            }
+            return;
+        }
         match end.result {
             StreamError::Retryable(cause) => {
                 if cause == DisconnectCause::Stall {
@@ -189,19 +203,27 @@ impl Handler<SetRequest> for StreamActor {
 }
 
 impl Handler<StopStream> for StreamActor {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: StopStream, ctx: &mut Context<Self>) {
+    /// Ends the connection after the batch in hand is delivered; answered
+    /// when it has ended (bounded), so a graceful stop flushes sinks after it.
+    fn handle(&mut self, _: StopStream, ctx: &mut Context<Self>) -> Self::Result {
         self.done = true;
-        if let Some(handle) = self.connection.take() {
-            ctx.cancel_future(handle);
+        if self.connection.is_none() {
+            if self.stats.state() != ConnectionState::Failed {
+                self.stats.set_state(ConnectionState::Stopped);
+            }
+            // Backing off: pending timers die with the context.
+            ctx.stop();
+            return Box::pin(async {});
         }
-        // A connection that failed for good stays reported as failed.
-        if self.stats.state() != ConnectionState::Failed {
-            self.stats.set_state(ConnectionState::Stopped);
-        }
-        // Pending backoff timers die with the context's items.
-        ctx.stop();
+        let ended = self.ended.clone().notified_owned();
+        self.stop.notify_one();
+        Box::pin(async move {
+            if tokio::time::timeout(STOP_GRACE, ended).await.is_err() {
+                tracing::warn!("a connection did not end within the stop grace period");
+            }
+        })
     }
 }
 
@@ -212,6 +234,9 @@ struct ConnectionEnd {
     healthy: bool,
 }
 
+/// How long a stop waits for the batch in hand to reach the sinks.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 const FATAL_STATUSES: [u16; 7] = [401, 403, 404, 406, 413, 416, 422];
 const LOG_SNIPPET: usize = 200;
 
@@ -221,9 +246,10 @@ async fn run_connection(
     stats: Arc<ConnectionStats>,
     lifecycle: LifecycleRecipients,
     dedup: Arc<DedupWindow>,
+    stop: Arc<tokio::sync::Notify>,
 ) -> ConnectionEnd {
     let mut connected_at = None;
-    let result = read_stream(&spec, &sinks, &stats, &lifecycle, &dedup, &mut connected_at).await;
+    let result = read_stream(&spec, &sinks, &stats, &lifecycle, &dedup, &stop, &mut connected_at).await;
     let healthy = connected_at.is_some_and(|t: Instant| t.elapsed() >= spec.reset_after);
     ConnectionEnd { result, healthy }
 }
@@ -234,6 +260,7 @@ async fn read_stream(
     stats: &ConnectionStats,
     lifecycle: &LifecycleRecipients,
     dedup: &DedupWindow,
+    stop: &tokio::sync::Notify,
     connected_at: &mut Option<Instant>,
 ) -> StreamError {
     let client = awc::Client::builder()
@@ -248,9 +275,16 @@ async fn read_stream(
     .insert_header((awc::http::header::AUTHORIZATION, signed.authorization.as_str()));
     // The base URL only: a site stream's query names 100 users.
     tracing::info!(connection = %spec.id, url = %spec.request.url, params = spec.request.params.len(), "connecting");
-    let sent = match signed.body {
-        Some(body) => request.content_type("application/x-www-form-urlencoded").send_body(body).await,
-        None => request.send().await,
+    let send = async {
+        match signed.body {
+            Some(body) => request.content_type("application/x-www-form-urlencoded").send_body(body).await,
+            None => request.send().await,
+        }
+    };
+    // Connecting can be abandoned at any point: nothing was delivered yet.
+    let sent = tokio::select! {
+        r = send => r,
+        _ = stop.notified() => return StreamError::Finished { reason: "stopped".into() },
     };
     let mut response = match sent {
         Ok(r) => r,
@@ -280,13 +314,25 @@ async fn read_stream(
     stats.connection_opened();
     stats.set_state(ConnectionState::Connected);
     tracing::info!(connection = %spec.id, "connected");
-    lifecycle.connected.do_send(StreamConnected { connection: spec.id.clone() });
+    let follow = spec
+        .request
+        .params
+        .iter()
+        .find(|(k, _)| k == "follow")
+        .map(|(_, v)| v.split(',').filter_map(|id| id.parse().ok()).collect())
+        .unwrap_or_default();
+    lifecycle.connected.do_send(StreamConnected { connection: spec.id.clone(), follow });
 
     let mut framer = Framer::new(spec.delimiting, spec.max_message_bytes);
     let counters = stats.counters();
     let mut kind_counts = [0u64; EventKind::ALL.len()];
     loop {
-        let chunk = match tokio::time::timeout(spec.stall_timeout, response.next()).await {
+        let read = tokio::time::timeout(spec.stall_timeout, response.next());
+        // A stop ends the loop only here, between batches.
+        let chunk = match tokio::select! {
+            r = read => r,
+            _ = stop.notified() => return StreamError::Finished { reason: "stopped".into() },
+        } {
             Err(_) => return StreamError::Retryable(DisconnectCause::Stall),
             Ok(None) => return StreamError::Retryable(DisconnectCause::Eof),
             Ok(Some(Err(e))) => return StreamError::Retryable(DisconnectCause::Network(e.to_string())),

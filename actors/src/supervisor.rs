@@ -230,7 +230,8 @@ impl Handler<Shutdown> for StreamSupervisor {
     fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
         let first = !self.stopping;
         self.stopping = true;
-        let planners: Vec<_> = std::mem::take(&mut self.planners).into_values().collect();
+        // Planners stay listed so /health and /streams keep answering while the stop drains.
+        let planners: Vec<_> = self.planners.values().cloned().collect();
         let sinks = self.sinks.clone();
         let stop_system = self.stop_system && first;
         Box::pin(
