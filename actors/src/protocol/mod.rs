@@ -4,3 +4,4 @@
 pub mod classify;
 pub mod framing;
 pub mod request;
+pub mod sse;
