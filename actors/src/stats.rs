@@ -300,6 +300,19 @@ impl StatsRegistry {
         }
     }
 
+    /// Sets `streamherd_limit_omitted{source}` to the sum, over the source's
+    /// connections, of the last cumulative `limit.track` each saw (seed 004).
+    pub fn refresh_limit_omitted(&self, metrics: &Metrics) -> u64 {
+        let mut per_source: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        for s in self.snapshots() {
+            *per_source.entry(s.source).or_default() += s.limit_track;
+        }
+        for (source, n) in &per_source {
+            metrics.limit_omitted.get_or_create(&Metrics::source(source)).set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        per_source.values().sum()
+    }
+
     /// Snapshots of every connection, in start order.
     pub fn snapshots(&self) -> Vec<ConnectionSnapshot> {
         self.inner.lock().map(|v| v.iter().map(|s| s.snapshot()).collect()).unwrap_or_default()

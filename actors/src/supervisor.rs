@@ -107,14 +107,10 @@ impl StreamSupervisor {
         let rate = total.saturating_sub(before) as f64 / secs;
         self.last_tick = (Instant::now(), total);
         let mut states: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut omitted: BTreeMap<&str, u64> = BTreeMap::new();
         for s in &snaps {
             *states.entry(s.state.as_str()).or_default() += 1;
-            *omitted.entry(s.source.as_str()).or_default() += s.limit_track;
         }
-        for (source, n) in &omitted {
-            self.metrics.limit_omitted.get_or_create(&Metrics::source(source)).set(*n as i64);
-        }
+        let omitted = self.stats.refresh_limit_omitted(&self.metrics);
         let connected = states.get(ConnectionState::Connected.as_str()).copied().unwrap_or(0);
         let lag: Vec<String> = self.sinks.iter().map(|s| format!("{}={}", s.name(), s.queue_depth())).collect();
         let gaps: u64 = self.metrics_gaps();
@@ -123,7 +119,7 @@ impl StreamSupervisor {
             events = total,
             connected,
             connections = ?states,
-            limit_omitted = omitted.values().sum::<u64>(),
+            limit_omitted = omitted,
             gaps,
             sink_lag = %lag.join(","),
             "stats"

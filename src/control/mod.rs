@@ -47,6 +47,7 @@ pub struct ControlContext {
 pub(crate) struct State {
     pub(crate) supervisor: Addr<StreamSupervisor>,
     pub(crate) stats: StatsRegistry,
+    pub(crate) metrics: Metrics,
     /// Built once: registering per request would re-describe every family.
     pub(crate) registry: Registry,
     pub(crate) token: Option<String>,
@@ -86,7 +87,13 @@ pub async fn start(listen: SocketAddr, ctx: ControlContext) -> std::io::Result<C
     let mut registry = Registry::default();
     ctx.metrics.register(&mut registry);
     let authenticated = ctx.token.is_some();
-    let state = web::Data::new(State { supervisor: ctx.supervisor, stats: ctx.stats, registry, token: ctx.token });
+    let state = web::Data::new(State {
+        supervisor: ctx.supervisor,
+        stats: ctx.stats,
+        metrics: ctx.metrics,
+        registry,
+        token: ctx.token,
+    });
 
     let listener = std::net::TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;

@@ -182,6 +182,8 @@ async fn streams(state: web::Data<State>) -> HttpResponse {
 
 /// `GET /metrics`: the SPEC 8 families as OpenMetrics text.
 async fn metrics(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    // A derived gauge: computed from the connections when asked for.
+    state.stats.refresh_limit_omitted(&state.metrics);
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &state.registry)
         .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
