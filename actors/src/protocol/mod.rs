@@ -3,5 +3,6 @@
 
 pub mod classify;
 pub mod framing;
+pub mod mastodon;
 pub mod request;
 pub mod sse;
