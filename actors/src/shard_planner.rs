@@ -643,6 +643,47 @@ impl ShardPlanner {
         }
     }
 
+    /// Refuses predicates that cannot be planned, before anything changes.
+    fn check_plannable(&self, follow: &[u64], track: &[String], locations: &[String]) -> Result<(), PlanError> {
+        if self.is_site() {
+            let needed = follow.len().div_ceil(self.site_limit());
+            if needed > self.spec.max_connections {
+                return Err(PlanError::TooMany {
+                    field: "follow",
+                    needed,
+                    reason: format!("max_connections is {}", self.spec.max_connections),
+                });
+            }
+            return Ok(());
+        }
+        let mut probe = self.spec.clone();
+        probe.query.follow = follow.to_vec();
+        probe.query.track = track.to_vec();
+        probe.query.locations = locations.to_vec();
+        plan_shards(&probe).map(|_| ())
+    }
+
+    /// Applies the desired predicates (site: now, through control streams;
+    /// others: on seed 002's schedule) and says what changed since `before`.
+    fn apply_change(
+        &mut self,
+        ctx: &mut Context<Self>,
+        before: &BTreeSet<u64>,
+        predicates_changed: bool,
+    ) -> FollowsChanged {
+        let after: BTreeSet<u64> = self.desired_follows().into_iter().collect();
+        let added = after.difference(before).count();
+        let removed = before.difference(&after).count();
+        let applied = if added + removed == 0 && !predicates_changed {
+            "none".to_owned()
+        } else if self.is_site() {
+            self.apply_site(ctx)
+        } else {
+            self.request_update(ctx)
+        };
+        FollowsChanged { follows: after.len(), added, removed, applied }
+    }
+
     /// Closes connections emptied by a consolidation once no control-stream
     /// call and no replacement is pending: by then their users are carried
     /// elsewhere.
@@ -783,46 +824,24 @@ impl Handler<ChangeFollows> for ShardPlanner {
         }
         let before: BTreeSet<u64> = self.desired_follows().into_iter().collect();
         let mut delta = self.delta.clone();
+        let in_config: BTreeSet<u64> = self.config_follows.iter().copied().collect();
         for id in &msg.add {
             delta.removed.remove(id);
-            if !self.config_follows.contains(id) {
+            if !in_config.contains(id) {
                 delta.added.insert(*id);
             }
         }
         for id in &msg.remove {
             delta.added.remove(id);
-            if self.config_follows.contains(id) {
+            if in_config.contains(id) {
                 delta.removed.insert(*id);
             }
         }
-        let after: BTreeSet<u64> = delta.apply(&self.config_follows).into_iter().collect();
-        // Reject what cannot be planned before anything changes.
-        let mut probe = self.spec.clone();
-        probe.query.follow = after.iter().copied().collect();
-        if self.is_site() {
-            let needed = after.len().div_ceil(self.site_limit());
-            if needed > self.spec.max_connections {
-                return Err(PlanError::TooMany {
-                    field: "follow",
-                    needed,
-                    reason: format!("max_connections is {}", self.spec.max_connections),
-                });
-            }
-        } else {
-            plan_shards(&probe)?;
-        }
+        let after = delta.apply(&self.config_follows);
+        self.check_plannable(&after, &self.spec.query.track, &self.spec.query.locations)?;
         self.delta = delta;
         self.persist()?;
-        let added = after.difference(&before).count();
-        let removed = before.difference(&after).count();
-        let applied = if added + removed == 0 {
-            "none".to_owned()
-        } else if self.is_site() {
-            self.apply_site(ctx)
-        } else {
-            self.request_update(ctx)
-        };
-        Ok(FollowsChanged { follows: after.len(), added, removed, applied })
+        Ok(self.apply_change(ctx, &before, false))
     }
 }
 
@@ -831,29 +850,12 @@ impl Handler<ReplacePredicates> for ShardPlanner {
 
     fn handle(&mut self, msg: ReplacePredicates, ctx: &mut Context<Self>) -> Self::Result {
         let before: BTreeSet<u64> = self.desired_follows().into_iter().collect();
-        let mut probe = self.spec.clone();
-        probe.query.follow = self.delta.apply(&msg.follow);
-        probe.query.track = msg.track.clone();
-        probe.query.locations = msg.locations.clone();
-        if !self.is_site() {
-            plan_shards(&probe)?;
-        }
-        let predicates_changed =
-            probe.query.track != self.spec.query.track || probe.query.locations != self.spec.query.locations;
+        self.check_plannable(&self.delta.apply(&msg.follow), &msg.track, &msg.locations)?;
+        let predicates_changed = msg.track != self.spec.query.track || msg.locations != self.spec.query.locations;
         self.config_follows = msg.follow;
         self.spec.query.track = msg.track;
         self.spec.query.locations = msg.locations;
-        let after: BTreeSet<u64> = self.desired_follows().into_iter().collect();
-        let added = after.difference(&before).count();
-        let removed = before.difference(&after).count();
-        let applied = if added + removed == 0 && !predicates_changed {
-            "none".to_owned()
-        } else if self.is_site() {
-            self.apply_site(ctx)
-        } else {
-            self.request_update(ctx)
-        };
-        Ok(FollowsChanged { follows: after.len(), added, removed, applied })
+        Ok(self.apply_change(ctx, &before, predicates_changed))
     }
 }
 
