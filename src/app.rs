@@ -88,6 +88,7 @@ pub async fn start_simulator(config: &Config) -> anyhow::Result<Option<SimHandle
         credentials,
         scenario,
         record_sent: 0,
+        mastodon_tokens: vec![simulator::DEMO_MASTODON_TOKEN.to_string()],
     })
     .await
     .with_context(|| format!("starting the simulator on {listen}"))?;
@@ -165,7 +166,7 @@ async fn start_with(config: &Config, registry: &SinkRegistry, stop_system: bool)
     Ok(Running { supervisor, simulator, metrics, stats, control })
 }
 
-/// Sends [`Shutdown`] with exit code 0 on SIGINT or SIGTERM; a second signal
+/// Sends [`Shutdown`] with exit code 0 on SIGINT or SIGTERM; a second signal (a second or more later)
 /// exits at once.
 pub fn handle_signals(supervisor: Addr<StreamSupervisor>) {
     actix_rt::spawn(async move {
@@ -181,9 +182,17 @@ pub fn handle_signals(supervisor: Addr<StreamSupervisor>) {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
         supervisor.do_send(Shutdown { exit_code: 0 });
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
+        // The same signal often arrives twice at once (sent to the process and
+        // to its group); only a second one a moment later means "now".
+        let first = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            if first.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
         }
         tracing::warn!("second signal: exiting without waiting for sinks");
         std::process::exit(1);
