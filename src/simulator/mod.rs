@@ -11,6 +11,7 @@
 // JSON scenario).
 
 mod fanout;
+mod mastodon;
 mod oauth;
 mod pace;
 pub mod payloads;
@@ -29,6 +30,7 @@ use actix_web::{dev::ServerHandle, web, App, HttpResponse, HttpServer};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+pub use mastodon::{MastodonPost, DEMO_MASTODON_TOKEN, MAX_MASTODON_HISTORY};
 pub use scenario::{AttemptScript, Mix, Scenario, Split};
 
 /// How the simulator is started.
@@ -49,6 +51,8 @@ pub struct SimulatorConfig {
     /// Keep at most this many `SentMessage` records (0 = none): bounded
     /// memory however long the simulator runs.
     pub record_sent: usize,
+    /// Accepted Mastodon bearer tokens; anything else gets 401.
+    pub mastodon_tokens: Vec<String>,
 }
 
 impl Default for SimulatorConfig {
@@ -60,6 +64,7 @@ impl Default for SimulatorConfig {
             credentials: vec![SimCredentials::demo()],
             scenario: Scenario::default(),
             record_sent: 0,
+            mastodon_tokens: vec![DEMO_MASTODON_TOKEN.to_string()],
         }
     }
 }
@@ -264,6 +269,7 @@ pub async fn start(config: SimulatorConfig) -> std::io::Result<SimHandle> {
         App::new()
             .app_data(data.clone())
             .configure(twitter::configure)
+            .configure(mastodon::configure)
             .configure(hooks)
             .default_service(web::to(twitter::not_found))
     })
@@ -375,6 +381,7 @@ pub(crate) struct Shared {
     control_calls: Mutex<VecDeque<ControlCall>>,
     pub(crate) sites: Mutex<HashMap<String, Arc<twitter::SiteConn>>>,
     pub(crate) hub: fanout::Hub,
+    pub(crate) mastodon: mastodon::State,
     pub(crate) stop: watch::Sender<bool>,
 }
 
@@ -394,6 +401,7 @@ impl Shared {
             control_calls: Mutex::new(VecDeque::new()),
             sites: Mutex::new(HashMap::new()),
             hub: fanout::Hub::default(),
+            mastodon: mastodon::State::new(config),
             stop: watch::channel(false).0,
         }
     }

@@ -23,6 +23,7 @@ async fn sim(scenario: Scenario, rate: u32, record_sent: usize) -> SimHandle {
         credentials: vec![SimCredentials::demo()],
         scenario,
         record_sent,
+        mastodon_tokens: vec![DEMO_MASTODON_TOKEN.to_string()],
     })
     .await
     .expect("simulator starts")
@@ -584,6 +585,7 @@ async fn silence_sends_nothing_then_resumes() {
             s.limit = Some(4);
         }),
         record_sent: 10,
+        mastodon_tokens: vec![DEMO_MASTODON_TOKEN.to_string()],
         ..SimulatorConfig::default()
     })
     .await

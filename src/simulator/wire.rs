@@ -168,7 +168,7 @@ pub(crate) fn frame_into(out: &mut BytesMut, msg: &[u8], delimited: bool) {
 }
 
 /// Frame `i` is cut at `i % len` (no cut at 0: that is the frame boundary).
-fn sweep_cuts(frame_no: u64, len: usize) -> Vec<usize> {
+pub(crate) fn sweep_cuts(frame_no: u64, len: usize) -> Vec<usize> {
     if len == 0 {
         return Vec::new();
     }
@@ -181,7 +181,7 @@ fn sweep_cuts(frame_no: u64, len: usize) -> Vec<usize> {
 }
 
 /// 1-3 distinct cut points, so 2-4 pieces, anywhere inside the frame.
-fn random_cuts(rng: &mut fastrand::Rng, len: usize) -> Vec<usize> {
+pub(crate) fn random_cuts(rng: &mut fastrand::Rng, len: usize) -> Vec<usize> {
     if len < 2 {
         return Vec::new();
     }

@@ -23,6 +23,7 @@ pub async fn start_sim(scenario: Scenario, rate: u32, keepalive_ms: u64) -> SimH
         credentials: vec![SimCredentials::demo()],
         scenario,
         record_sent: 200_000,
+        mastodon_tokens: vec![simulator::DEMO_MASTODON_TOKEN.to_string()],
     })
     .await
     .expect("simulator starts")
