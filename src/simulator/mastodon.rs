@@ -797,17 +797,8 @@ impl SseWriter {
     async fn frame(&mut self, frame: Bytes) -> Result<(), Halt> {
         let frame_no = self.frames;
         self.frames += 1;
-        let cuts = match self.split {
-            Split::None => Vec::new(),
-            Split::Sweep => wire::sweep_cuts(frame_no, frame.len()),
-            Split::Random => wire::random_cuts(&mut self.rng, frame.len()),
-        };
-        let mut start = 0;
-        for cut in cuts.into_iter().chain(std::iter::once(frame.len())) {
-            if cut > start {
-                self.send(Piece::Data(frame.slice(start..cut))).await?;
-                start = cut;
-            }
+        for piece in wire::split_frame(self.split, frame_no, &frame, &mut self.rng) {
+            self.send(Piece::Data(piece)).await?;
         }
         Ok(())
     }

@@ -100,17 +100,8 @@ impl FrameWriter {
                 self.flush().await?;
                 let mut frame = BytesMut::with_capacity(msg.len() + 24);
                 frame_into(&mut frame, msg, self.delimited);
-                let frame = frame.freeze();
-                let cuts = match self.split {
-                    Split::Sweep => sweep_cuts(frame_no, frame.len()),
-                    _ => random_cuts(&mut self.rng, frame.len()),
-                };
-                let mut start = 0;
-                for cut in cuts.into_iter().chain(std::iter::once(frame.len())) {
-                    if cut > start {
-                        self.send(Piece::Data(frame.slice(start..cut))).await?;
-                        start = cut;
-                    }
+                for piece in split_frame(self.split, frame_no, &frame.freeze(), &mut self.rng) {
+                    self.send(Piece::Data(piece)).await?;
                 }
                 Ok(())
             }
@@ -168,6 +159,25 @@ pub(crate) fn frame_into(out: &mut BytesMut, msg: &[u8], delimited: bool) {
 }
 
 /// Frame `i` is cut at `i % len` (no cut at 0: that is the frame boundary).
+/// `frame` cut per `split` (frame number `frame_no` of its connection), as
+/// the pieces to write one by one; empty pieces are skipped.
+pub(crate) fn split_frame(split: Split, frame_no: u64, frame: &Bytes, rng: &mut fastrand::Rng) -> Vec<Bytes> {
+    let cuts = match split {
+        Split::None => Vec::new(),
+        Split::Sweep => sweep_cuts(frame_no, frame.len()),
+        Split::Random => random_cuts(rng, frame.len()),
+    };
+    let mut start = 0;
+    let mut pieces = Vec::with_capacity(cuts.len() + 1);
+    for cut in cuts.into_iter().chain(std::iter::once(frame.len())) {
+        if cut > start {
+            pieces.push(frame.slice(start..cut));
+            start = cut;
+        }
+    }
+    pieces
+}
+
 pub(crate) fn sweep_cuts(frame_no: u64, len: usize) -> Vec<usize> {
     if len == 0 {
         return Vec::new();
