@@ -723,20 +723,6 @@ async fn stop_answers_202_then_closes_every_stream_and_flushes() {
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamherd");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Kills the child when dropped, so a failing test never leaves a service running.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
     let status = eventually(timeout, "the process to exit", || {
         let status = child.try_wait().expect("try_wait");

@@ -16,10 +16,6 @@ use streamherd::simulator::{AttemptScript, Scenario, Split};
 const BIN: &str = env!("CARGO_BIN_EXE_streamherd");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn streamherd(args: &[&str], cwd: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.args(args).current_dir(cwd).env_remove("STREAMHERD_CONFIG").env_remove("RUST_LOG");
@@ -32,29 +28,6 @@ fn wait_blocking(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) 
     while !cond() {
         assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Kills the child when dropped, so a failing test never leaves a service running.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl std::ops::Deref for Guard {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Guard {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
     }
 }
 

@@ -14,7 +14,7 @@
 //! Twitter-only junk options (`malformed_every`, `oversized_at`, `mix`,
 //! `broadcast`) do not apply.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -707,16 +707,7 @@ async fn stream(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let opened_at = Instant::now();
     let tail = req.match_info().get("tail").unwrap_or("").to_string();
     let params: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
-    let mut visible: BTreeMap<String, String> = BTreeMap::new();
-    for (k, v) in params.iter().filter(|(k, _)| k != "access_token") {
-        visible
-            .entry(k.clone())
-            .and_modify(|old| {
-                old.push(',');
-                old.push_str(v);
-            })
-            .or_insert_with(|| v.clone());
-    }
+    let visible = super::visible_params(&params, |k| k == "access_token");
     let token = streaming_token(&req, &params);
     let auth = check_token(&shared.mastodon.tokens, token.as_deref());
     let (attempt, script) = shared.next_attempt();

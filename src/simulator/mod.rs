@@ -577,6 +577,22 @@ impl ConnSlot {
 
 /// A poisoned lock only means another thread panicked mid-update of a log;
 /// the log is still worth reading.
+/// Request parameters as the connection log shows them: repeated keys joined
+/// with commas, `hidden` ones (credentials) left out.
+pub(crate) fn visible_params(params: &[(String, String)], hidden: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
+    let mut visible: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in params.iter().filter(|(k, _)| !hidden(k)) {
+        visible
+            .entry(k.clone())
+            .and_modify(|old| {
+                old.push(',');
+                old.push_str(v);
+            })
+            .or_insert_with(|| v.clone());
+    }
+    visible
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -3,7 +3,6 @@
 //! gets one producer task that paces, scripts and frames its messages, or,
 //! for a `broadcast` filter/sample stream, forwards the shared generator's.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -214,16 +213,7 @@ fn open_stream(req: HttpRequest, body: &[u8], shared: web::Data<Shared>, kind: S
     let params = request_params(&req, body);
     let auth = check_auth(&req, &params, &shared.credentials);
     let (attempt, script) = shared.next_attempt();
-    let mut visible: BTreeMap<String, String> = BTreeMap::new();
-    for (k, v) in params.iter().filter(|(k, _)| !k.starts_with("oauth_")) {
-        visible
-            .entry(k.clone())
-            .and_modify(|old| {
-                old.push(',');
-                old.push_str(v);
-            })
-            .or_insert_with(|| v.clone());
-    }
+    let visible = super::visible_params(&params, |k| k.starts_with("oauth_"));
     let log = |status: u16, auth_ok: bool| {
         ConnSlot::new(
             attempt,
