@@ -13,8 +13,14 @@
 //! revoked token's `kill`), `silence_after`/`silence_ms` and `split`. The
 //! Twitter-only junk options (`malformed_every`, `oversized_at`, `mix`,
 //! `broadcast`) do not apply.
+//!
+//! The accepted tokens can be revoked while streams are open
+//! (`SimHandle::mastodon_revoke`): SSE bodies then end cleanly. With
+//! `mastodon_update_delay_ms`, `update` and `status.update` on public and
+//! hashtag channels are held back a random while (B.9). The WebSocket side
+//! (same events, same channels) is in `mastodon_ws`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
 
+use super::mastodon_ws::WsLog;
 use super::pace::Pacer;
 use super::scenario::{AttemptScript, Split};
 use super::wire::{self, BodyStream, ConnFd, Halt, Piece, CHANNEL_DEPTH};
@@ -41,8 +48,8 @@ const FIRST_STATUS_ID: u64 = 109_000_000_000_000_000;
 const FIRST_NOTIFICATION_ID: u64 = 30_000_000;
 /// Statuses and notifications kept for catch-up: bounded memory.
 pub const MAX_MASTODON_HISTORY: usize = 10_000;
-/// Events the broadcast channel holds for a slow SSE connection; past that
-/// its body ends abruptly with `end = "lagged"`.
+/// Events the broadcast channel holds for a slow SSE or WebSocket
+/// connection; past that it ends abruptly with `end = "lagged"`.
 const EVENT_CAPACITY: usize = 4096;
 /// REST rate limit: calls per window per token (B.7).
 const RATE_LIMIT: u32 = 300;
@@ -50,9 +57,9 @@ const RATE_WINDOW: Duration = Duration::from_secs(300);
 /// The hashtags statuses are tagged with.
 const TAGS: [&str; 6] = ["rust", "mastodon", "fediverse", "photography", "news", "caturday"];
 /// The lists the token's user owns.
-const LISTS: [&str; 2] = ["1", "2"];
+pub(super) const LISTS: [&str; 2] = ["1", "2"];
 /// The local instance's domain.
-const LOCAL_DOMAIN: &str = "sim.example";
+pub(super) const LOCAL_DOMAIN: &str = "sim.example";
 
 /// A fixed author.
 struct Author {
@@ -155,16 +162,33 @@ pub struct MastodonPost {
 /// One event on the broadcast channel.
 pub(crate) struct Event {
     /// The SSE event name, which is also the SPEC 4 kind.
-    kind: &'static str,
+    pub(super) kind: &'static str,
     /// The status id, the deleted id or the notification id.
-    id: String,
+    pub(super) id: String,
     /// The data line as user and list streams get it.
     payload: Bytes,
     /// For `update` and `status.update`: the payload public and hashtag
     /// streams get, with `"filtered":[]` added (B.9).
     filtered: Option<Bytes>,
-    /// None for notifications.
+    /// None for notifications and the user- or direct-only events.
     audience: Option<Audience>,
+    /// Without an audience: only this channel carries it (None: `user` and
+    /// `user:notification`, as for notifications).
+    only: Option<Only>,
+}
+
+/// The one channel an event without an audience goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Only {
+    User,
+    Direct,
+}
+
+impl Event {
+    /// Whether public and hashtag channels may hold it back (B.9).
+    pub(super) fn reorderable(&self) -> bool {
+        matches!(self.kind, "update" | "status.update")
+    }
 }
 
 struct History {
@@ -177,20 +201,35 @@ struct History {
 
 /// The Mastodon half of the simulator's shared state.
 pub(crate) struct State {
-    tokens: Vec<String>,
+    /// The accepted bearer tokens; `SimHandle::mastodon_revoke` removes.
+    tokens: Mutex<Vec<String>>,
+    /// Bumped at every revocation: open streams then recheck their token.
+    /// Subscribe before checking a token, so no revocation is missed.
+    revocations: watch::Sender<u64>,
     history: Mutex<History>,
-    events: broadcast::Sender<Arc<Event>>,
+    pub(super) events: broadcast::Sender<Arc<Event>>,
     subscribers: AtomicUsize,
     generating: AtomicBool,
     /// Per rate-limit key: window start and calls in it. Keys are accepted
     /// tokens and "anonymous", so the map is bounded.
     limits: Mutex<HashMap<String, (Instant, u32)>>,
+    /// Most that an `update`/`status.update` is held back on public and
+    /// hashtag channels (0: never).
+    pub(super) update_delay_ms: u64,
+    /// The WebSocket ping interval.
+    pub(super) ws_ping: Duration,
+    /// The WebSocket connections, for `SimHandle::mastodon_ws_connections`.
+    pub(super) ws_log: WsLog,
 }
 
 impl State {
     pub(crate) fn new(config: &SimulatorConfig) -> State {
         State {
-            tokens: config.mastodon_tokens.clone(),
+            tokens: Mutex::new(config.mastodon_tokens.clone()),
+            revocations: watch::channel(0).0,
+            update_delay_ms: config.mastodon_update_delay_ms,
+            ws_ping: Duration::from_millis(config.ws_ping_ms.max(1)),
+            ws_log: WsLog::default(),
             history: Mutex::new(History {
                 statuses: VecDeque::new(),
                 notifications: VecDeque::new(),
@@ -203,6 +242,24 @@ impl State {
             generating: AtomicBool::new(false),
             limits: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Checks a streaming token (B.2, B.9).
+    pub(super) fn check_token(&self, token: Option<&str>) -> Result<(), &'static str> {
+        match token {
+            None | Some("") => Err("Missing access token"),
+            Some(t) if self.token_ok(t) => Ok(()),
+            Some(_) => Err("Invalid access token"),
+        }
+    }
+
+    pub(super) fn token_ok(&self, token: &str) -> bool {
+        lock(&self.tokens).iter().any(|ok| ok == token)
+    }
+
+    /// Tells about revocations from now on.
+    pub(super) fn revocations(&self) -> watch::Receiver<u64> {
+        self.revocations.subscribe()
     }
 
     /// Sends while the history lock is held, so the channel's order is the
@@ -258,6 +315,7 @@ impl State {
             filtered: Some(Bytes::from(with_filtered(&json))),
             payload: Bytes::from(json),
             audience: Some(audience.clone()),
+            only: None,
         });
         MastodonPost { id, tags: audience.tags, local: audience.local, media: audience.media }
     }
@@ -282,6 +340,7 @@ impl State {
             payload: Bytes::from(status.id.clone()),
             filtered: None,
             audience: Some(status.audience.clone()),
+            only: None,
         });
         Some(status.id.clone())
     }
@@ -311,6 +370,7 @@ impl State {
             filtered: Some(Bytes::from(with_filtered(&json))),
             payload: Bytes::from(json),
             audience: Some(old.audience.clone()),
+            only: None,
         });
         Some(old.id.clone())
     }
@@ -345,8 +405,64 @@ impl State {
             payload: Bytes::from(json),
             filtered: None,
             audience: None,
+            only: None,
         });
         id
+    }
+
+    /// The rest of the event catalogue (B.5): a conversation on `direct`;
+    /// filters_changed, an announcement, a reaction to it, its deletion,
+    /// notifications_merged and an event no client knows (`encrypted_message`)
+    /// on `user`; an edit (`status.update`) wherever the status went.
+    fn catalogue(&self, h: &mut History) -> Vec<(String, String)> {
+        let id = h.next_notification.to_string();
+        h.next_notification += 1;
+        let last = h.statuses.back().map(|s| s.json.clone()).unwrap_or_else(|| "null".into());
+        let account = render_account(0, &mut h.rng);
+        let now = now_iso();
+        let only = |kind: &'static str, to: Only, payload: String| {
+            self.emit(Event {
+                kind,
+                id: id.clone(),
+                payload: Bytes::from(payload),
+                filtered: None,
+                audience: None,
+                only: Some(to),
+            })
+        };
+        only(
+            "conversation",
+            Only::Direct,
+            format!(r#"{{"id":"{id}","unread":true,"accounts":[{account}],"last_status":{last}}}"#),
+        );
+        only("filters_changed", Only::User, "undefined".into());
+        only(
+            "announcement",
+            Only::User,
+            format!(
+                r#"{{"id":"{id}","content":"<p>Maintenance tonight 🛠️ — Wartung heute Nacht</p>","starts_at":null,"ends_at":null,"all_day":false,"published":true,"published_at":"{now}","updated_at":"{now}","read":false,"mentions":[],"statuses":[],"tags":[],"emojis":[],"reactions":[]}}"#
+            ),
+        );
+        only("announcement.reaction", Only::User, format!(r#"{{"name":"👍","count":1,"announcement_id":"{id}"}}"#));
+        only("announcement.delete", Only::User, id.clone());
+        only("notifications_merged", Only::User, "1".into());
+        only("encrypted_message", Only::User, format!(r#"{{"id":"{id}","ciphertext":"AAEC"}}"#));
+        let mut out: Vec<(String, String)> = [
+            ("conversation", "direct"),
+            ("filters_changed", "user"),
+            ("announcement", "user"),
+            ("announcement.reaction", "user"),
+            ("announcement.delete", "user"),
+            ("notifications_merged", "user"),
+            ("unknown", "user"),
+        ]
+        .iter()
+        .map(|(k, s)| ((*k).to_string(), (*s).to_string()))
+        .collect();
+        if self.edit(h).is_some() {
+            out.push(("status.update".into(), "public".into()));
+        }
+        out
     }
 
     /// One generated event: mostly new statuses, some deletes, edits and
@@ -377,10 +493,14 @@ fn now_iso() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
-/// Hashtags are matched case-insensitively (a simplification of Mastodon's
-/// NFKC + ASCII folding) and without a leading `#`.
-fn normalise_tag(tag: &str) -> String {
-    tag.trim().trim_start_matches('#').to_lowercase()
+/// Mastodon's hashtag key (B.4), as far as the simulator needs it:
+/// lower-cased, keeping only letters, digits, `_`, `·` and ZWNJ (so a
+/// leading `#` goes too). No NFKC or ASCII folding.
+pub(super) fn normalise_tag(tag: &str) -> String {
+    tag.chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '_' | '·' | '\u{200c}'))
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// The Status JSON with `"filtered":[]` added as the last key.
@@ -526,6 +646,32 @@ impl SimHandle {
         let mut h = lock(&m.history);
         m.notify(&mut h)
     }
+
+    /// Emits one event of every kind not covered by the methods above (see
+    /// `State::catalogue`); returns (SPEC 4 kind, stream joined with ':') of
+    /// each, `unknown` for `encrypted_message`.
+    pub fn mastodon_emit_catalogue(&self) -> Vec<(String, String)> {
+        let m = &self.shared.mastodon;
+        let mut h = lock(&m.history);
+        m.catalogue(&mut h)
+    }
+
+    /// Revokes a bearer token, like Mastodon's `kill` (B.2, B.9): it is no
+    /// longer accepted (later connects get 401 `Invalid access token`),
+    /// every open SSE stream with it ends its body cleanly and every open
+    /// WebSocket with it gets a Close frame with no status code. True when
+    /// the token was accepted until now.
+    pub fn mastodon_revoke(&self, token: &str) -> bool {
+        let m = &self.shared.mastodon;
+        let removed = {
+            let mut tokens = lock(&m.tokens);
+            let before = tokens.len();
+            tokens.retain(|t| t != token);
+            tokens.len() != before
+        };
+        m.revocations.send_modify(|n| *n = n.wrapping_add(1));
+        removed
+    }
 }
 
 /// Registers the Mastodon routes.
@@ -549,6 +695,15 @@ async fn bare_streaming() -> HttpResponse {
     error_json(400, "Unknown channel requested", None)
 }
 
+/// The error message of a scripted refusal with `status`.
+pub(super) fn scripted_message(status: u16) -> &'static str {
+    match status {
+        401 => "Invalid access token",
+        s if s >= 500 => "An unexpected error occurred",
+        s => StatusCode::from_u16(s).ok().and_then(|c| c.canonical_reason()).unwrap_or("Error"),
+    }
+}
+
 fn error_json(status: u16, message: &str, retry_after: Option<u64>) -> HttpResponse {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = HttpResponse::build(code);
@@ -569,21 +724,13 @@ fn streaming_token(req: &HttpRequest, params: &[(String, String)]) -> Option<Str
     params.iter().find(|(k, _)| k == "access_token").map(|(_, v)| v.clone())
 }
 
-fn check_token(tokens: &[String], token: Option<&str>) -> Result<(), &'static str> {
-    match token {
-        None | Some("") => Err("Missing access token"),
-        Some(t) if tokens.iter().any(|ok| ok == t) => Ok(()),
-        Some(_) => Err("Invalid access token"),
-    }
-}
-
 /// Mastodon's truthiness of `only_media` (B.3).
-fn truthy(value: Option<&str>) -> bool {
+pub(super) fn truthy(value: Option<&str>) -> bool {
     value.is_some_and(|v| !matches!(v, "" | "false" | "0" | "f" | "F" | "FALSE" | "off" | "OFF"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Scope {
+pub(super) enum Scope {
     All,
     Local,
     Remote,
@@ -599,9 +746,9 @@ impl Scope {
     }
 }
 
-/// What one SSE connection carries.
+/// What one SSE connection (or one WebSocket subscription) carries.
 #[derive(Clone, Debug)]
-enum Channel {
+pub(super) enum Channel {
     User,
     UserNotification,
     Public { scope: Scope, media: bool },
@@ -610,7 +757,7 @@ enum Channel {
     Direct,
 }
 
-fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+pub(super) fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
     params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
@@ -639,10 +786,20 @@ impl Channel {
         })
     }
 
+    /// Whether `update`/`status.update` may be held back here (B.9).
+    pub(super) fn reorders(&self) -> bool {
+        matches!(self, Channel::Public { .. } | Channel::Hashtag { .. })
+    }
+
     /// The data line this channel sends for `ev`, if it carries it.
-    fn payload<'a>(&self, ev: &'a Event) -> Option<&'a Bytes> {
+    pub(super) fn payload<'a>(&self, ev: &'a Event) -> Option<&'a Bytes> {
         let Some(a) = &ev.audience else {
-            return matches!(self, Channel::User | Channel::UserNotification).then_some(&ev.payload);
+            let carries = match ev.only {
+                Some(Only::User) => matches!(self, Channel::User),
+                Some(Only::Direct) => matches!(self, Channel::Direct),
+                None => matches!(self, Channel::User | Channel::UserNotification),
+            };
+            return carries.then_some(&ev.payload);
         };
         let public = || ev.filtered.as_ref().unwrap_or(&ev.payload);
         match self {
@@ -656,10 +813,10 @@ impl Channel {
 }
 
 /// Counts an open Mastodon stream; the last one to go stops the generator.
-struct Subscription(Arc<Shared>);
+pub(super) struct Subscription(Arc<Shared>);
 
 impl Subscription {
-    fn new(shared: &Arc<Shared>) -> Subscription {
+    pub(super) fn new(shared: &Arc<Shared>) -> Subscription {
         let m = &shared.mastodon;
         m.subscribers.fetch_add(1, Ordering::SeqCst);
         if shared.rate > 0 && !m.generating.swap(true, Ordering::SeqCst) {
@@ -709,7 +866,8 @@ async fn stream(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let params: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
     let visible = super::visible_params(&params, |k| k == "access_token");
     let token = streaming_token(&req, &params);
-    let auth = check_token(&shared.mastodon.tokens, token.as_deref());
+    let revoked = shared.mastodon.revocations();
+    let auth = shared.mastodon.check_token(token.as_deref());
     let (attempt, script) = shared.next_attempt();
     let log = |status: u16, auth_ok: bool| {
         ConnSlot::new(
@@ -728,12 +886,7 @@ async fn stream(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     }
     if let Some(status) = script.status.filter(|s| *s != 200) {
         shared.open(log(status, true)).finish("status");
-        let message = match status {
-            401 => "Invalid access token",
-            s if s >= 500 => "An unexpected error occurred",
-            s => StatusCode::from_u16(s).ok().and_then(|c| c.canonical_reason()).unwrap_or("Error"),
-        };
-        return error_json(status, message, script.retry_after_s);
+        return error_json(status, scripted_message(status), script.retry_after_s);
     }
     let channel = match Channel::parse(&tail, &params) {
         Ok(c) => c,
@@ -759,6 +912,9 @@ async fn stream(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
             last_write: Instant::now(),
         },
         stop: shared.stop.subscribe(),
+        held: Holdback::new(shared.mastodon.update_delay_ms, seed),
+        token: token.unwrap_or_default(),
+        revoked,
         shared,
         slot,
         script,
@@ -814,6 +970,11 @@ struct SseProducer {
     events: broadcast::Receiver<Arc<Event>>,
     out: SseWriter,
     stop: watch::Receiver<bool>,
+    /// Updates held back (B.9), with their data lines.
+    held: Holdback<(Arc<Event>, Bytes)>,
+    /// The token it was opened with, rechecked at every revocation.
+    token: String,
+    revoked: watch::Receiver<u64>,
     _subscription: Subscription,
 }
 
@@ -865,19 +1026,21 @@ impl SseProducer {
                 self.out.last_write = Instant::now();
             }
             let idle = keepalive.saturating_sub(self.out.last_write.elapsed());
+            let due = self.held.next_due();
             tokio::select! {
                 r = self.events.recv() => match r {
                     Ok(ev) => {
-                        if let Some(payload) = self.channel.payload(&ev) {
-                            let mut block = BytesMut::with_capacity(payload.len() + ev.kind.len() + 16);
-                            block.extend_from_slice(b"event: ");
-                            block.extend_from_slice(ev.kind.as_bytes());
-                            block.extend_from_slice(b"\ndata: ");
-                            block.extend_from_slice(payload);
-                            block.extend_from_slice(b"\n\n");
-                            self.out.frame(block.freeze()).await?;
-                            sent += 1;
-                            self.note(&ev, payload);
+                        if let Some(payload) = self.channel.payload(&ev).cloned() {
+                            let item = (ev, payload);
+                            let now = if self.channel.reorders() && item.0.reorderable() {
+                                self.held.hold(item)
+                            } else {
+                                Some(item)
+                            };
+                            if let Some((ev, payload)) = now {
+                                self.write(&ev, payload).await?;
+                                sent += 1;
+                            }
                         }
                     }
                     Err(RecvError::Lagged(missed)) => {
@@ -892,10 +1055,35 @@ impl SseProducer {
                         self.out.frame(Bytes::from_static(b":thump\n\n")).await?;
                     }
                 }
+                _ = until(due) => {
+                    if let Some((ev, payload)) = self.held.pop_due() {
+                        self.write(&ev, payload).await?;
+                        sent += 1;
+                    }
+                }
+                _ = changed(&mut self.revoked) => {
+                    if !self.shared.mastodon.token_ok(&self.token) {
+                        // B.9: the body simply ends.
+                        return Ok("revoked");
+                    }
+                }
                 _ = self.out.tx.closed() => return Err(Halt::ClientClosed),
                 _ = wire::stopped(&mut self.stop) => return Err(Halt::ServerStop),
             }
         }
+    }
+
+    /// One event block.
+    async fn write(&mut self, ev: &Event, payload: Bytes) -> Result<(), Halt> {
+        let mut block = BytesMut::with_capacity(payload.len() + ev.kind.len() + 16);
+        block.extend_from_slice(b"event: ");
+        block.extend_from_slice(ev.kind.as_bytes());
+        block.extend_from_slice(b"\ndata: ");
+        block.extend_from_slice(&payload);
+        block.extend_from_slice(b"\n\n");
+        self.out.frame(block.freeze()).await?;
+        self.note(ev, &payload);
+        Ok(())
     }
 
     fn note(&self, ev: &Event, payload: &Bytes) {
@@ -909,6 +1097,74 @@ impl SseProducer {
                 payload: payload.clone(),
             });
         }
+    }
+}
+
+/// Events held back a random 0..=`max_ms` ms (B.9: on public and hashtag
+/// channels `update` and `status.update` wait for a database check while
+/// everything else goes out at once). At most `MAX_HELD` at a time; past
+/// that, events go out at once.
+pub(super) struct Holdback<T> {
+    max_ms: u64,
+    rng: fastrand::Rng,
+    seq: u64,
+    held: BTreeMap<(Instant, u64), T>,
+}
+
+/// Bound of `Holdback`.
+const MAX_HELD: usize = 4096;
+
+impl<T> Holdback<T> {
+    pub(super) fn new(max_ms: u64, seed: u64) -> Holdback<T> {
+        Holdback { max_ms, rng: fastrand::Rng::with_seed(seed), seq: 0, held: BTreeMap::new() }
+    }
+
+    /// Holds `item` for a random while, or gives it back to send now.
+    pub(super) fn hold(&mut self, item: T) -> Option<T> {
+        if self.max_ms == 0 || self.held.len() >= MAX_HELD {
+            return Some(item);
+        }
+        let ms = self.rng.u64(0..=self.max_ms);
+        if ms == 0 {
+            return Some(item);
+        }
+        self.seq += 1;
+        self.held.insert((Instant::now() + Duration::from_millis(ms), self.seq), item);
+        None
+    }
+
+    /// When the next held item is due.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.held.keys().next().map(|(at, _)| *at)
+    }
+
+    /// The next held item if it is due.
+    pub(super) fn pop_due(&mut self) -> Option<T> {
+        let (at, _) = *self.held.keys().next()?;
+        if at > Instant::now() {
+            return None;
+        }
+        self.held.pop_first().map(|(_, item)| item)
+    }
+
+    /// Keeps only the held items `keep` accepts.
+    pub(super) fn retain(&mut self, keep: impl Fn(&T) -> bool) {
+        self.held.retain(|_, item| keep(item));
+    }
+}
+
+/// Resolves at `due`; never without one.
+pub(super) async fn until(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves at the next change; never once the sender is gone.
+pub(super) async fn changed(rx: &mut watch::Receiver<u64>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -977,7 +1233,7 @@ async fn notifications(req: HttpRequest, shared: web::Data<Shared>) -> HttpRespo
     rest(&req, &shared, &params, true, Timeline::Notifications)
 }
 
-fn query(req: &HttpRequest) -> Vec<(String, String)> {
+pub(super) fn query(req: &HttpRequest) -> Vec<(String, String)> {
     form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect()
 }
 
@@ -1009,7 +1265,7 @@ fn rest_auth(
 ) -> Result<Headers, Box<HttpResponse>> {
     let m = &shared.mastodon;
     let key = match rest_token(req, params) {
-        Some(t) if m.tokens.contains(&t) => t,
+        Some(t) if m.token_ok(&t) => t,
         Some(_) => return Err(Box::new(error_json(401, "The access token is invalid", None))),
         None if token_required => return Err(Box::new(error_json(401, "The access token is invalid", None))),
         None => "anonymous".to_string(),

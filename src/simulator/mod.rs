@@ -1,17 +1,21 @@
-//! The protocol simulator: Twitter v1.1 streaming endpoints on loopback with
-//! realistic payloads, OAuth checks and scripted faults, for the tests, the
-//! benchmarks and `streamherd simulate` (SPEC section 9).
+//! The protocol simulator: Twitter v1.1 streaming endpoints and Mastodon
+//! streaming (SSE and WebSocket) on loopback with realistic payloads, OAuth
+//! and bearer-token checks and scripted faults, for the tests, the benchmarks
+//! and `streamherd simulate` (SPEC section 9).
 
 // Map: `scenario` (fault scripts) drives `twitter` (endpoints, one producer
 // task per stream), which renders from `payloads` (the corpus), paces with
 // `pace` and writes through `wire` (framing, chunk cuts, FIN/RST); `fanout`
 // is the shared generator of `broadcast` streams; `oauth` checks signatures.
+// `mastodon` holds the Mastodon history, SSE and REST; `mastodon_ws` its
+// WebSocket endpoint and instance discovery.
 // This file: the public API, the shared logs, the server and its test hooks
 // (`GET /_sim/connections`, `GET /_sim/carried`, `PUT /_sim/scenario` with a
 // JSON scenario).
 
 mod fanout;
 mod mastodon;
+mod mastodon_ws;
 mod oauth;
 mod pace;
 pub mod payloads;
@@ -31,6 +35,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 pub use mastodon::{MastodonPost, DEMO_MASTODON_TOKEN, MAX_MASTODON_HISTORY};
+pub use mastodon_ws::{MastodonWsInfo, MAX_MASTODON_WS_RECORDS};
 pub use scenario::{AttemptScript, Mix, Scenario, Split};
 
 /// How the simulator is started.
@@ -53,6 +58,15 @@ pub struct SimulatorConfig {
     pub record_sent: usize,
     /// Accepted Mastodon bearer tokens; anything else gets 401.
     pub mastodon_tokens: Vec<String>,
+    /// Mastodon WebSocket: a Ping goes out every this many ms (the first one
+    /// interval after the upgrade); a client that has not answered the
+    /// previous Ping with a Pong by the next tick is dropped (Mastodon: 30000).
+    pub ws_ping_ms: u64,
+    /// Mastodon public and hashtag channels (SSE and WebSocket): each
+    /// `update` and `status.update` is held back a random 0..=this many ms
+    /// while other events go out at once, so they arrive out of order as on
+    /// the real server (B.9). 0: never.
+    pub mastodon_update_delay_ms: u64,
 }
 
 impl Default for SimulatorConfig {
@@ -65,6 +79,8 @@ impl Default for SimulatorConfig {
             scenario: Scenario::default(),
             record_sent: 0,
             mastodon_tokens: vec![DEMO_MASTODON_TOKEN.to_string()],
+            ws_ping_ms: 30_000,
+            mastodon_update_delay_ms: 0,
         }
     }
 }
@@ -120,7 +136,7 @@ pub struct ConnectionRecord {
     pub params: BTreeMap<String, String>,
     /// Whether the OAuth signature verified.
     pub auth_ok: bool,
-    /// The response status.
+    /// The response status (101 for an accepted Mastodon WebSocket).
     pub status: u16,
     /// When the request arrived.
     pub opened_at: Instant,
@@ -130,7 +146,9 @@ pub struct ConnectionRecord {
     pub messages_sent: u64,
     /// How it ended: "status", "client closed", "close_after", "reset",
     /// "disconnect", "limit", "lagged" (a broadcast subscriber fell more than
-    /// `broadcast_capacity` messages behind), "server stop"; empty while open.
+    /// `broadcast_capacity` messages behind), "server stop"; Mastodon also
+    /// "revoked" (`SimHandle::mastodon_revoke`), and WebSockets "ping timeout"
+    /// (no Pong in time) and "binary" (closed with 1003); empty while open.
     pub end: String,
     /// The follow ids the connection carries: site streams the connect
     /// request's `follow` plus every accepted `add_user` minus every
@@ -243,6 +261,7 @@ impl SimHandle {
     /// Ends every open stream cleanly, then stops the server.
     pub async fn stop(&self) {
         self.shared.stop.send_replace(true);
+        self.shared.mastodon.ws_log.drained(Duration::from_millis(500)).await;
         self.server.stop(true).await;
     }
 }
@@ -262,13 +281,15 @@ pub async fn start(config: SimulatorConfig) -> std::io::Result<SimHandle> {
     config.scenario.validate().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let listener = listen(config.listen)?;
     let addr = listener.local_addr()?;
-    let shared = Arc::new(Shared::new(&config));
+    let shared = Arc::new(Shared::new(&config, addr));
     let data = web::Data::from(Arc::clone(&shared));
     let workers = std::thread::available_parallelism().map(|n| n.get().min(2)).unwrap_or(1);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .configure(twitter::configure)
+            // Before `mastodon`: its upgrade routes take precedence.
+            .configure(mastodon_ws::configure)
             .configure(mastodon::configure)
             .configure(hooks)
             .default_service(web::to(twitter::not_found))
@@ -368,6 +389,8 @@ pub const MAX_CONTROL_CALLS: usize = 10_000;
 /// State shared by every worker thread and stream.
 pub(crate) struct Shared {
     pub(crate) started: Instant,
+    /// The bound address (instance discovery announces it).
+    pub(crate) addr: SocketAddr,
     pub(crate) rate: u32,
     pub(crate) keepalive: Duration,
     pub(crate) credentials: Vec<SimCredentials>,
@@ -386,9 +409,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new(config: &SimulatorConfig) -> Shared {
+    fn new(config: &SimulatorConfig, addr: SocketAddr) -> Shared {
         Shared {
             started: Instant::now(),
+            addr,
             rate: config.rate,
             keepalive: Duration::from_millis(config.keepalive_ms.max(1)),
             credentials: config.credentials.clone(),
@@ -419,8 +443,8 @@ impl Shared {
         (attempt, guard.0.script_for(attempt).clone())
     }
 
-    /// Logs a new streaming request; one answered 200 also counts as open
-    /// until `close`.
+    /// Logs a new streaming request; one answered 200 (or 101, a WebSocket)
+    /// also counts as open until `close`.
     pub(crate) fn open(&self, mut slot: ConnSlot) -> Arc<ConnSlot> {
         slot.serial = self.serials.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(slot);
@@ -431,7 +455,7 @@ impl Shared {
             }
             log.push_back(Arc::clone(&slot));
         }
-        if slot.status == 200 {
+        if matches!(slot.status, 200 | 101) {
             lock(&self.open).insert(slot.serial, Arc::clone(&slot));
         }
         slot

@@ -24,6 +24,7 @@ async fn sim(scenario: Scenario, rate: u32, record_sent: usize) -> SimHandle {
         scenario,
         record_sent,
         mastodon_tokens: vec![DEMO_MASTODON_TOKEN.to_string()],
+        ..SimulatorConfig::default()
     })
     .await
     .expect("simulator starts")

@@ -239,14 +239,7 @@ impl Stream for BodyStream {
             Poll::Ready(Some(Piece::Abort { reset })) => {
                 this.done = true;
                 if reset {
-                    match this.fd {
-                        Some(fd) => {
-                            if let Err(e) = linger_zero(fd) {
-                                tracing::warn!(error = %e, "could not set SO_LINGER 0; the close will be a FIN");
-                            }
-                        }
-                        None => tracing::warn!("no socket fd for this connection; the close will be a FIN"),
-                    }
+                    prepare_reset(this.fd);
                 }
                 Poll::Ready(Some(Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
@@ -262,12 +255,27 @@ impl Stream for BodyStream {
     }
 }
 
+/// Makes the close that follows a scripted abrupt end an RST; call only
+/// from the poll of the response body of the connection `fd` belongs to.
+pub(crate) fn prepare_reset(fd: Option<RawFd>) {
+    match fd {
+        Some(fd) => {
+            if let Err(e) = linger_zero(fd) {
+                tracing::warn!(error = %e, "could not set SO_LINGER 0; the close will be a FIN");
+            }
+        }
+        None => tracing::warn!("no socket fd for this connection; the close will be a FIN"),
+    }
+}
+
 /// SO_LINGER with a zero timeout: the close that follows sends RST.
 #[allow(unsafe_code)]
 fn linger_zero(fd: RawFd) -> io::Result<()> {
     // SAFETY: `fd` is the accepted socket of the connection whose response
-    // body is being polled right now. actix owns it and closes it only after
-    // this poll returns, so it is open for the duration of this borrow.
+    // body (an SSE or Twitter `BodyStream`, or a WebSocket's body in
+    // `mastodon_ws`) is being polled right now. actix owns it and closes it
+    // only after this poll returns, so it is open for the duration of this
+    // borrow.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&borrowed).set_linger(Some(Duration::ZERO))
 }

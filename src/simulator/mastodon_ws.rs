@@ -1,0 +1,853 @@
+//! Mastodon's WebSocket streaming on the simulator (protocols.md B.4, B.9)
+//! and instance discovery (B.1).
+//!
+//! A request with `Upgrade: websocket` to `/api/v1/streaming` or any path
+//! under it is upgraded (a plain GET keeps the SSE behaviour of `mastodon`).
+//! The token is checked like the real server's: `Authorization: Bearer`,
+//! else `access_token`, else the raw `Sec-WebSocket-Protocol` header (then
+//! echoed); a refusal is a plain HTTP response with the reason in
+//! `X-Error-Message`. One task per connection reads the client's frames
+//! (subscribe, unsubscribe, Ping, Pong, Close; a binary frame closes with
+//! 1003), forwards the events of the shared broadcast channel once per
+//! matching subscription, pings every `ws_ping_ms` and drops a client that
+//! did not answer the previous Ping. The attempt script applies as on SSE:
+//! `status`, `close_after` (+ `reset`: the TCP connection is dropped, no
+//! Close frame), `disconnect_after` (a Close frame with no code, like a
+//! revoked token's `kill`), `limit` (Close 1000) and
+//! `silence_after`/`silence_ms` (no events, no pings). `split` does not
+//! apply. After a Close frame of its own the server waits up to
+//! `CLOSE_WAIT` for the client's, then closes the TCP connection.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::guard::{self, GuardContext};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, oneshot, watch, Notify};
+use tokio::time::MissedTickBehavior;
+
+use super::mastodon::{self, Channel, Event, Holdback, Scope, Subscription, LISTS, LOCAL_DOMAIN};
+use super::scenario::AttemptScript;
+use super::wire::{self, ConnFd};
+use super::{lock, ConnSlot, SentMessage, Shared, SimHandle};
+
+/// `SimHandle::mastodon_ws_connections` keeps this many connections.
+pub const MAX_MASTODON_WS_RECORDS: usize = 10_000;
+
+/// The Mastodon version the instance endpoints announce.
+const VERSION: &str = "4.3.0";
+
+/// Client frames kept while a scripted silence lasts; more are dropped.
+const MAX_BUFFERED: usize = 1024;
+
+/// Largest client message (also when sent in continuation frames).
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// How long the server waits for the client's Close frame after sending
+/// its own before it drops the connection anyway.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// One Mastodon WebSocket connection, as the simulator saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MastodonWsInfo {
+    /// Its attempt number (`ConnectionRecord::attempt`; the connection log
+    /// shows it with status 101).
+    pub attempt: u64,
+    /// Whether it is still open.
+    pub open: bool,
+    /// The current subscriptions in subscription order, as normalised keys:
+    /// "user", "user:notification", "public", "public:media", "public:local",
+    /// "public:local:media", "public:remote", "public:remote:media",
+    /// "hashtag:<tag>", "hashtag:local:<tag>" (the tag normalised, e.g.
+    /// "hashtag:rust"), "list:<id>", "direct". After the close, those it had
+    /// when it closed.
+    pub subscriptions: Vec<String>,
+    /// `subscribe` messages received, valid or not (a `?stream=` in the URL
+    /// is not a message).
+    pub subscribes: usize,
+    /// `unsubscribe` messages received, valid or not.
+    pub unsubscribes: usize,
+    /// Pongs received.
+    pub pongs: usize,
+}
+
+/// The last `MAX_MASTODON_WS_RECORDS` WebSocket connections, and how many
+/// upgraded connections actix still holds.
+#[derive(Default)]
+pub(crate) struct WsLog {
+    log: Mutex<VecDeque<Arc<Mutex<MastodonWsInfo>>>>,
+    /// Live `WsBody`s: a body goes when actix drops its connection (or
+    /// finishes the response).
+    bodies: AtomicUsize,
+    no_bodies: Notify,
+}
+
+impl WsLog {
+    fn register(&self, attempt: u64) -> Arc<Mutex<MastodonWsInfo>> {
+        let info = Arc::new(Mutex::new(MastodonWsInfo { attempt, open: true, ..MastodonWsInfo::default() }));
+        let mut log = lock(&self.log);
+        while log.len() >= MAX_MASTODON_WS_RECORDS {
+            log.pop_front();
+        }
+        log.push_back(Arc::clone(&info));
+        info
+    }
+
+    fn snapshot(&self) -> Vec<MastodonWsInfo> {
+        lock(&self.log).iter().map(|i| lock(i).clone()).collect()
+    }
+
+    /// Waits (at most `within`) until actix has dropped every upgraded
+    /// connection. A WebSocket ends in two steps (Close frame, then the TCP
+    /// connection) after the simulator's stop signal; an actix worker that
+    /// is asked to stop while one is still there checks again only a second
+    /// later.
+    pub(crate) async fn drained(&self, within: Duration) {
+        let _ = tokio::time::timeout(within, async {
+            loop {
+                let gone = self.no_bodies.notified();
+                tokio::pin!(gone);
+                gone.as_mut().enable();
+                if self.bodies.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                gone.await;
+            }
+        })
+        .await;
+    }
+}
+
+impl SimHandle {
+    /// Every Mastodon WebSocket connection opened (the most recent
+    /// `MAX_MASTODON_WS_RECORDS`), in opening order. Refused upgrades are
+    /// only in `connections()`.
+    pub fn mastodon_ws_connections(&self) -> Vec<MastodonWsInfo> {
+        self.shared.mastodon.ws_log.snapshot()
+    }
+}
+
+/// Registers the WebSocket upgrade (before `mastodon::configure`, whose
+/// routes take the same paths without the upgrade) and instance discovery.
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource(["/api/v1/streaming", "/api/v1/streaming/{tail:.*}"])
+            .guard(guard::fn_guard(wants_websocket))
+            .route(web::get().to(upgrade)),
+    )
+    .service(web::resource("/api/v2/instance").route(web::get().to(instance_v2)))
+    .service(web::resource("/api/v1/instance").route(web::get().to(instance_v1)));
+}
+
+fn wants_websocket(ctx: &GuardContext<'_>) -> bool {
+    ctx.head()
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")))
+}
+
+/// `GET /api/v2/instance` (B.1): the streaming base URL is this simulator.
+async fn instance_v2(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "domain": LOCAL_DOMAIN,
+        "version": VERSION,
+        "configuration": { "urls": { "streaming": format!("ws://{}", shared.addr) } },
+    }))
+}
+
+/// `GET /api/v1/instance` (B.1, older servers).
+async fn instance_v1(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "uri": LOCAL_DOMAIN,
+        "version": VERSION,
+        "urls": { "streaming_api": format!("ws://{}", shared.addr) },
+    }))
+}
+
+/// The token as the streaming server looks for it (B.2, B.9): the
+/// `Authorization` header (`Bearer ` stripped, case-sensitive), else
+/// `access_token`, else the whole `Sec-WebSocket-Protocol` header.
+fn ws_token(req: &HttpRequest, params: &[(String, String)]) -> Option<String> {
+    let header_text = |name| {
+        req.headers()
+            .get(name)
+            .map(|v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(value) = header_text(header::AUTHORIZATION) {
+        return Some(value.strip_prefix("Bearer ").map(str::to_string).unwrap_or(value));
+    }
+    mastodon::param(params, "access_token")
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .or_else(|| header_text(header::SEC_WEBSOCKET_PROTOCOL))
+}
+
+/// A refused upgrade (B.4, B.9): plain HTTP, empty body, the reason in a
+/// header, and the connection closed.
+fn refusal(status: StatusCode, message: &str, retry_after: Option<u64>) -> HttpResponse {
+    let mut resp = HttpResponse::build(status);
+    resp.force_close();
+    if let Ok(value) = HeaderValue::from_str(message) {
+        resp.insert_header(("X-Error-Message", value));
+    }
+    if let Some(s) = retry_after {
+        resp.insert_header((header::RETRY_AFTER, s.to_string()));
+    }
+    resp.finish()
+}
+
+/// `GET /api/v1/streaming[/...]` with `Upgrade: websocket`.
+async fn upgrade(req: HttpRequest, body: web::Payload, shared: web::Data<Shared>) -> HttpResponse {
+    let opened_at = Instant::now();
+    let params = mastodon::query(&req);
+    let visible = super::visible_params(&params, |k| k == "access_token");
+    let token = ws_token(&req, &params);
+    // Before the check, so a revocation right after it is still seen.
+    let revoked = shared.mastodon.revocations();
+    let auth = shared.mastodon.check_token(token.as_deref());
+    let (attempt, script) = shared.next_attempt();
+    let log = |status: u16, auth_ok: bool| {
+        ConnSlot::new(
+            attempt,
+            req.method().as_str().to_string(),
+            req.path().to_string(),
+            visible.clone(),
+            auth_ok,
+            status,
+            opened_at,
+        )
+    };
+    if let Err(message) = auth {
+        shared.open(log(401, false)).finish("status");
+        return refusal(StatusCode::UNAUTHORIZED, message, None);
+    }
+    if let Some(status) = script.status.filter(|s| !matches!(s, 101 | 200)) {
+        shared.open(log(status, true)).finish("status");
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return refusal(code, mastodon::scripted_message(status), script.retry_after_s);
+    }
+    let (mut resp, session, messages) = match actix_ws::handle(&req, body) {
+        Ok(parts) => parts,
+        Err(e) => {
+            let resp = e.error_response();
+            shared.open(log(resp.status().as_u16(), true)).finish("status");
+            return resp;
+        }
+    };
+    // Browsers fail a connection whose offered protocol is not echoed.
+    let protocol = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|p| HeaderValue::from_str(p.trim()).ok());
+    if let Some(p) = protocol {
+        resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    let slot = shared.open(log(101, true));
+    let info = shared.mastodon.ws_log.register(attempt);
+    let events = shared.mastodon.events.subscribe();
+    let shared = shared.into_inner();
+    let subscription = Subscription::new(&shared);
+    let (abort, abort_rx) = oneshot::channel();
+    let fd = req.conn_data::<ConnFd>().map(|c| c.0);
+    let seed = attempt.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x3EB5;
+    let body_shared = Arc::clone(&shared);
+    let conn = WsConn {
+        held: Holdback::new(shared.mastodon.update_delay_ms, seed),
+        stop: shared.stop.subscribe(),
+        shared,
+        slot,
+        info,
+        script,
+        token: token.unwrap_or_default(),
+        session,
+        messages: messages
+            .max_frame_size(MAX_CLIENT_MESSAGE)
+            .aggregate_continuations()
+            .max_continuation_size(MAX_CLIENT_MESSAGE),
+        events,
+        revoked,
+        abort: Some(abort),
+        subs: Vec::new(),
+        sent: 0,
+        awaiting_pong: false,
+        _subscription: subscription,
+    };
+    actix_rt::spawn(conn.run(SubRequest::from_query(&params)));
+    resp.map_body(|_, inner| WsBody::new(inner, abort_rx, fd, body_shared)).map_into_boxed_body()
+}
+
+/// A subscribe or unsubscribe request: from the URL or a client message.
+#[derive(Debug, Default)]
+struct SubRequest {
+    stream: Option<String>,
+    tag: Option<String>,
+    list: Option<String>,
+    only_media: bool,
+}
+
+impl SubRequest {
+    /// `?stream=<name>` (+ `tag`, `list`, `only_media`): a single-purpose
+    /// connection.
+    fn from_query(params: &[(String, String)]) -> Option<SubRequest> {
+        let stream = mastodon::param(params, "stream").filter(|s| !s.is_empty())?;
+        Some(SubRequest {
+            stream: Some(stream.to_string()),
+            tag: mastodon::param(params, "tag").map(str::to_string),
+            list: mastodon::param(params, "list").map(str::to_string),
+            only_media: mastodon::truthy(mastodon::param(params, "only_media")),
+        })
+    }
+
+    fn from_message(msg: &Map<String, Value>) -> SubRequest {
+        let text = |key: &str| match msg.get(key) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        SubRequest {
+            stream: text("stream"),
+            tag: text("tag"),
+            list: text("list"),
+            only_media: match msg.get("only_media") {
+                Some(Value::Bool(b)) => *b,
+                Some(Value::String(s)) => mastodon::truthy(Some(s)),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// One subscription of a connection.
+#[derive(Debug)]
+struct Sub {
+    /// The normalised key (`MastodonWsInfo::subscriptions`).
+    key: String,
+    /// The `stream` array its events carry: the hashtag as first
+    /// subscribed (B.9).
+    stream: Vec<String>,
+    channel: Channel,
+}
+
+/// Resolves a WebSocket stream name (B.3's WS column), or the error frame's
+/// status and message.
+fn resolve(r: &SubRequest) -> Result<Sub, (u16, &'static str)> {
+    let name = r.stream.as_deref().unwrap_or("");
+    let simple = |name: &str, channel: Channel| Sub { key: name.to_string(), stream: vec![name.to_string()], channel };
+    let public = |base: &str, scope: Scope, media: bool| {
+        let name = if media { format!("{base}:media") } else { base.to_string() };
+        Sub { key: name.clone(), stream: vec![name], channel: Channel::Public { scope, media } }
+    };
+    let media = r.only_media;
+    Ok(match name {
+        "user" => simple(name, Channel::User),
+        "user:notification" => simple(name, Channel::UserNotification),
+        "public" => public("public", Scope::All, media),
+        "public:media" => public("public", Scope::All, true),
+        "public:local" => public("public:local", Scope::Local, media),
+        "public:local:media" => public("public:local", Scope::Local, true),
+        "public:remote" => public("public:remote", Scope::Remote, media),
+        "public:remote:media" => public("public:remote", Scope::Remote, true),
+        "hashtag" | "hashtag:local" => {
+            let raw = r.tag.clone().unwrap_or_default();
+            let tag = mastodon::normalise_tag(&raw);
+            if tag.is_empty() {
+                return Err((400, "Missing tag name parameter"));
+            }
+            Sub {
+                key: format!("{name}:{tag}"),
+                stream: vec![name.to_string(), raw],
+                channel: Channel::Hashtag { tag, local: name == "hashtag:local" },
+            }
+        }
+        "list" => match r.list.as_deref() {
+            None | Some("") => return Err((400, "Missing list name parameter")),
+            Some(l) if LISTS.contains(&l) => Sub {
+                key: format!("list:{l}"),
+                stream: vec!["list".to_string(), l.to_string()],
+                channel: Channel::List(l.to_string()),
+            },
+            Some(_) => return Err((401, "Not authorized to stream this list")),
+        },
+        "direct" => simple(name, Channel::Direct),
+        _ => return Err((400, "Unknown stream type")),
+    })
+}
+
+/// One event frame (B.4): `payload` is the SSE data line as a JSON string
+/// (so a bare id for `delete` and `announcement.delete`); `filters_changed`
+/// has no payload key.
+fn event_frame(stream: &[String], kind: &str, payload: &[u8]) -> String {
+    let mut frame = String::with_capacity(payload.len() + payload.len() / 8 + 64);
+    frame.push_str("{\"stream\":");
+    frame.push_str(&serde_json::to_string(stream).unwrap_or_else(|_| "[]".to_string()));
+    frame.push_str(",\"event\":");
+    frame.push_str(&json_string(kind));
+    if kind != "filters_changed" {
+        frame.push_str(",\"payload\":");
+        frame.push_str(&json_string(&String::from_utf8_lossy(payload)));
+    }
+    frame.push('}');
+    frame
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
+}
+
+/// An error frame (B.4); the failed unsubscribe has no status.
+fn error_frame(message: &str, status: Option<u16>) -> String {
+    match status {
+        Some(s) => serde_json::json!({ "error": message, "status": s }),
+        None => serde_json::json!({ "error": message }),
+    }
+    .to_string()
+}
+
+/// An event frame ready to go, for the subscription `key`.
+struct Out {
+    key: String,
+    event: Arc<Event>,
+    payload: Bytes,
+    frame: String,
+}
+
+/// How a connection ends.
+enum End {
+    /// Drop the TCP connection without a Close frame (RST with `reset`):
+    /// the client sees 1006.
+    Abort { reset: bool, why: &'static str },
+    /// Send a Close frame; None: no status code (the client sees 1005).
+    Close { reason: Option<CloseReason>, why: &'static str },
+    /// Just stop: the client is gone.
+    Gone(&'static str),
+}
+
+const GONE: End = End::Gone("client closed");
+
+/// Serves one WebSocket.
+struct WsConn {
+    shared: Arc<Shared>,
+    slot: Arc<ConnSlot>,
+    info: Arc<Mutex<MastodonWsInfo>>,
+    script: AttemptScript,
+    /// The token it was opened with, rechecked at every revocation.
+    token: String,
+    session: Session,
+    messages: AggregatedMessageStream,
+    events: broadcast::Receiver<Arc<Event>>,
+    revoked: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+    /// Tells the body to end with an error, so actix drops the connection.
+    abort: Option<oneshot::Sender<DropConnection>>,
+    subs: Vec<Sub>,
+    /// Updates held back on public and hashtag subscriptions (B.9).
+    held: Holdback<Out>,
+    /// Event frames sent (what the script counts).
+    sent: u64,
+    awaiting_pong: bool,
+    _subscription: Subscription,
+}
+
+impl WsConn {
+    async fn run(mut self, initial: Option<SubRequest>) {
+        let end = self.serve(initial).await;
+        let why = match &end {
+            End::Abort { why, .. } | End::Close { why, .. } | End::Gone(why) => *why,
+        };
+        self.slot.finish(why);
+        self.shared.close(&self.slot);
+        lock(&self.info).open = false;
+        tracing::debug!(
+            attempt = self.slot.attempt,
+            end = why,
+            messages = self.slot.messages.load(Ordering::Relaxed),
+            "simulated mastodon websocket ended"
+        );
+        match end {
+            End::Abort { reset, why } => self.drop_connection(DropConnection { reset, why }),
+            End::Close { reason, why } => {
+                let close = self.session.clone().close(reason);
+                let sent = matches!(tokio::time::timeout(CLOSE_WAIT, close).await, Ok(Ok(())));
+                // The closing handshake: the server closes the TCP
+                // connection once the client answered (or at once when the
+                // client closed first or the server stops).
+                if sent && !matches!(why, "client closed" | "server stop") {
+                    self.await_close().await;
+                }
+                self.drop_connection(DropConnection { reset: false, why });
+            }
+            // The client is gone: the body just ends.
+            End::Gone(_) => {}
+        }
+    }
+
+    /// Ends the body with an error after the frames queued so far: actix
+    /// drops the connection (FIN, or RST with `reset`) instead of lingering
+    /// for the client to close first. (actix logs the error.)
+    fn drop_connection(&mut self, how: DropConnection) {
+        if let Some(abort) = self.abort.take() {
+            let _ = abort.send(how);
+        }
+    }
+
+    /// Waits (at most `CLOSE_WAIT`) for the client's Close frame.
+    async fn await_close(&mut self) {
+        let answered = async {
+            loop {
+                match self.messages.recv().await {
+                    Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(CLOSE_WAIT, answered) => {}
+            _ = wire::stopped(&mut self.stop) => {}
+        }
+    }
+
+    async fn serve(&mut self, initial: Option<SubRequest>) -> End {
+        if let Some(r) = initial {
+            if let Err(end) = self.subscribe(&r).await {
+                return end;
+            }
+        }
+        let every = self.shared.mastodon.ws_ping;
+        let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut silenced = false;
+        loop {
+            if let Some(end) = self.scripted_end() {
+                return end;
+            }
+            if !silenced && self.script.silence_after.is_some_and(|n| self.sent >= n) {
+                silenced = true;
+                let buffered = match self.silence(Duration::from_millis(self.script.silence_ms)).await {
+                    Ok(b) => b,
+                    Err(end) => return end,
+                };
+                // No ping went out meanwhile, so none is owed.
+                pings.reset();
+                self.awaiting_pong = false;
+                for m in buffered {
+                    if let Err(end) = self.on_message(m).await {
+                        return end;
+                    }
+                }
+                continue;
+            }
+            let due = self.held.next_due();
+            let step = tokio::select! {
+                m = self.messages.recv() => match m {
+                    Some(Ok(m)) => self.on_message(m).await,
+                    Some(Err(e)) => {
+                        tracing::debug!(attempt = self.slot.attempt, error = %e, "websocket protocol error");
+                        Err(GONE)
+                    }
+                    None => Err(GONE),
+                },
+                r = self.events.recv() => match r {
+                    Ok(ev) => self.on_event(ev).await,
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::debug!(attempt = self.slot.attempt, missed, "mastodon websocket lagged");
+                        Err(End::Abort { reset: false, why: "lagged" })
+                    }
+                    Err(RecvError::Closed) => Err(End::Gone("server stop")),
+                },
+                _ = pings.tick() => {
+                    if self.awaiting_pong {
+                        // B.9: dropped at the next tick, the client sees 1006.
+                        Err(End::Abort { reset: false, why: "ping timeout" })
+                    } else {
+                        self.awaiting_pong = true;
+                        or_stop(self.session.ping(b""), &mut self.stop).await
+                    }
+                }
+                _ = mastodon::until(due) => match self.held.pop_due() {
+                    Some(out) => self.write(out).await,
+                    None => Ok(()),
+                },
+                _ = mastodon::changed(&mut self.revoked) => {
+                    if self.shared.mastodon.token_ok(&self.token) {
+                        Ok(())
+                    } else {
+                        // B.9: closed with no status code.
+                        Err(End::Close { reason: None, why: "revoked" })
+                    }
+                }
+                _ = wire::stopped(&mut self.stop) => Err(server_stop()),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    fn scripted_end(&self) -> Option<End> {
+        let (s, n) = (&self.script, self.sent);
+        if s.close_after.is_some_and(|c| n >= c) {
+            return Some(End::Abort { reset: s.reset, why: if s.reset { "reset" } else { "close_after" } });
+        }
+        if s.disconnect_after.is_some_and(|c| n >= c) {
+            // Like a revoked token's `kill`: a Close frame without a code.
+            return Some(End::Close { reason: None, why: "disconnect" });
+        }
+        if s.limit.is_some_and(|c| n >= c) {
+            return Some(End::Close { reason: Some(CloseCode::Normal.into()), why: "limit" });
+        }
+        None
+    }
+
+    /// Sends nothing for `how_long`; the client's frames wait (up to
+    /// `MAX_BUFFERED`) and are returned.
+    async fn silence(&mut self, how_long: Duration) -> Result<Vec<AggregatedMessage>, End> {
+        let over = tokio::time::sleep(how_long);
+        tokio::pin!(over);
+        let mut buffered = Vec::new();
+        loop {
+            tokio::select! {
+                _ = &mut over => return Ok(buffered),
+                m = self.messages.recv() => match m {
+                    Some(Ok(m)) => {
+                        if buffered.len() < MAX_BUFFERED {
+                            buffered.push(m);
+                        }
+                    }
+                    Some(Err(_)) | None => return Err(GONE),
+                },
+                _ = wire::stopped(&mut self.stop) => return Err(server_stop()),
+            }
+        }
+    }
+
+    async fn on_message(&mut self, m: AggregatedMessage) -> Result<(), End> {
+        match m {
+            AggregatedMessage::Text(text) => self.on_text(&text).await,
+            // B.4: text frames only.
+            AggregatedMessage::Binary(_) => {
+                Err(End::Close { reason: Some(CloseCode::Unsupported.into()), why: "binary" })
+            }
+            AggregatedMessage::Ping(bytes) => or_stop(self.session.pong(&bytes), &mut self.stop).await,
+            AggregatedMessage::Pong(_) => {
+                self.awaiting_pong = false;
+                lock(&self.info).pongs += 1;
+                Ok(())
+            }
+            AggregatedMessage::Close(reason) => Err(End::Close { reason, why: "client closed" }),
+        }
+    }
+
+    /// A client message; invalid JSON and unknown types are ignored (B.4).
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let Ok(Value::Object(msg)) = serde_json::from_str::<Value>(text) else {
+            return Ok(());
+        };
+        match msg.get("type").and_then(Value::as_str) {
+            Some("subscribe") => {
+                lock(&self.info).subscribes += 1;
+                self.subscribe(&SubRequest::from_message(&msg)).await
+            }
+            Some("unsubscribe") => {
+                lock(&self.info).unsubscribes += 1;
+                self.unsubscribe(&SubRequest::from_message(&msg)).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Subscribing twice to one channel is a no-op (B.4): the first
+    /// spelling of a hashtag stays in the echo.
+    async fn subscribe(&mut self, r: &SubRequest) -> Result<(), End> {
+        match resolve(r) {
+            Ok(sub) => {
+                if !self.subs.iter().any(|s| s.key == sub.key) {
+                    self.subs.push(sub);
+                    self.publish_subs();
+                }
+                Ok(())
+            }
+            Err((status, message)) => self.text(error_frame(message, Some(status))).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, r: &SubRequest) -> Result<(), End> {
+        let key = resolve(r).ok().map(|s| s.key);
+        match key.and_then(|k| self.subs.iter().position(|s| s.key == k)) {
+            Some(i) => {
+                let gone = self.subs.remove(i);
+                self.held.retain(|out| out.key != gone.key);
+                self.publish_subs();
+                Ok(())
+            }
+            None => self.text(error_frame("Error unsubscribing from channel", None)).await,
+        }
+    }
+
+    fn publish_subs(&self) {
+        lock(&self.info).subscriptions = self.subs.iter().map(|s| s.key.clone()).collect();
+    }
+
+    /// Once per matching subscription, each with its own `stream` (as the
+    /// real server does).
+    async fn on_event(&mut self, ev: Arc<Event>) -> Result<(), End> {
+        let reorderable = ev.reorderable();
+        let outs: Vec<(bool, Out)> = self
+            .subs
+            .iter()
+            .filter_map(|sub| {
+                let payload = sub.channel.payload(&ev)?;
+                let frame = event_frame(&sub.stream, ev.kind, payload);
+                let out = Out { key: sub.key.clone(), event: Arc::clone(&ev), payload: payload.clone(), frame };
+                Some((reorderable && sub.channel.reorders(), out))
+            })
+            .collect();
+        for (hold, out) in outs {
+            if self.scripted_end().is_some() {
+                break;
+            }
+            let now = if hold { self.held.hold(out) } else { Some(out) };
+            if let Some(out) = now {
+                self.write(out).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, out: Out) -> Result<(), End> {
+        self.text(out.frame).await?;
+        self.sent += 1;
+        self.slot.messages.fetch_add(1, Ordering::Relaxed);
+        if self.shared.record_sent > 0 {
+            self.shared.record(SentMessage {
+                attempt: self.slot.attempt,
+                kind: out.event.kind,
+                id: Some(out.event.id.clone()),
+                for_user: None,
+                payload: out.payload,
+            });
+        }
+        Ok(())
+    }
+
+    async fn text(&mut self, frame: String) -> Result<(), End> {
+        or_stop(self.session.text(frame), &mut self.stop).await
+    }
+}
+
+/// A send to the client; a client that does not read (the frames queue
+/// up) must not keep a stopping server waiting.
+async fn or_stop(
+    send: impl Future<Output = Result<(), actix_ws::Closed>>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), End> {
+    tokio::select! {
+        biased;
+        sent = send => sent.map_err(|_| GONE),
+        _ = wire::stopped(stop) => Err(End::Abort { reset: false, why: "server stop" }),
+    }
+}
+
+fn server_stop() -> End {
+    End::Close { reason: Some(CloseCode::Away.into()), why: "server stop" }
+}
+
+/// How the connection task has actix drop the TCP connection.
+struct DropConnection {
+    /// By RST instead of FIN.
+    reset: bool,
+    /// Why (in actix's log of the body error).
+    why: &'static str,
+}
+
+/// The upgrade's body: actix-ws's frames, then either a clean end or,
+/// when the connection task asks, an error that makes actix drop the
+/// connection (see `wire::BodyStream`: with `h1_write_buffer_size(1)` every
+/// frame before it has reached the kernel).
+struct WsBody {
+    inner: BoxBody,
+    abort: Option<oneshot::Receiver<DropConnection>>,
+    fd: Option<RawFd>,
+    done: bool,
+    /// For the count in `WsLog`.
+    shared: Arc<Shared>,
+}
+
+impl WsBody {
+    fn new(inner: BoxBody, abort: oneshot::Receiver<DropConnection>, fd: Option<RawFd>, shared: Arc<Shared>) -> WsBody {
+        shared.mastodon.ws_log.bodies.fetch_add(1, Ordering::SeqCst);
+        WsBody { inner, abort: Some(abort), fd, done: false, shared }
+    }
+}
+
+impl Drop for WsBody {
+    fn drop(&mut self) {
+        let log = &self.shared.mastodon.ws_log;
+        if log.bodies.fetch_sub(1, Ordering::SeqCst) == 1 {
+            log.no_bodies.notify_waiters();
+        }
+    }
+}
+
+impl MessageBody for WsBody {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        // Frames first: the abort is sent after the last frame was queued.
+        let ended = match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
+            Poll::Ready(None) => true,
+            Poll::Pending => false,
+        };
+        if let Some(abort) = this.abort.as_mut() {
+            match Pin::new(abort).poll(cx) {
+                Poll::Ready(Ok(how)) => {
+                    this.done = true;
+                    if how.reset {
+                        wire::prepare_reset(this.fd);
+                    }
+                    let message = format!("simulator: websocket connection dropped ({})", how.why);
+                    return Poll::Ready(Some(Err(Box::new(io::Error::new(io::ErrorKind::ConnectionAborted, message)))));
+                }
+                Poll::Ready(Err(_)) => this.abort = None,
+                Poll::Pending => {}
+            }
+        }
+        if ended {
+            this.done = true;
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "mastodon_ws_tests.rs"]
+mod tests;
