@@ -28,7 +28,7 @@ async fn sim() -> SimHandle {
         credentials: vec![SimCredentials::demo()],
         scenario: scenario(),
         record_sent: 0,
-        mastodon_tokens: vec![simulator::DEMO_MASTODON_TOKEN.to_string()],
+        ..SimulatorConfig::default()
     })
     .await
     .unwrap()

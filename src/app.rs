@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use anyhow::Context as _;
+use streamherd_actors::mastodon_planner::{discover_streaming_url, streaming_health, MastodonSourceSpec};
 use streamherd_actors::messages::EventKind;
 use streamherd_actors::metrics::{Metrics, SourceKindLabels};
 use streamherd_actors::shard_planner::SourceSpec;
@@ -39,22 +40,16 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The Twitter sources of a config; a Mastodon source is a configuration
-/// error in this release (validated, not yet streamed).
-pub fn twitter_sources(config: &Config) -> Result<Vec<SourceSpec>, ConfigError> {
-    config
-        .sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| match s {
-            ValidSource::Twitter(spec) => Ok((**spec).clone()),
-            ValidSource::Mastodon { .. } => Err(ConfigError {
-                file: config.file.display().to_string(),
-                key: format!("sources[{i}].kind"),
-                message: "mastodon sources validate but are not streamed by this release yet".into(),
-            }),
-        })
-        .collect()
+/// The config's sources, by family.
+pub fn split_sources(config: &Config) -> (Vec<SourceSpec>, Vec<MastodonSourceSpec>) {
+    let (mut twitter, mut mastodon) = (Vec::new(), Vec::new());
+    for s in &config.sources {
+        match s {
+            ValidSource::Twitter(spec) => twitter.push((**spec).clone()),
+            ValidSource::Mastodon(spec) => mastodon.push((**spec).clone()),
+        }
+    }
+    (twitter, mastodon)
 }
 
 /// Starts the embedded simulator when `[simulator] enabled = true`. It
@@ -69,16 +64,20 @@ pub async fn start_simulator(config: &Config) -> anyhow::Result<Option<SimHandle
         None => simulator::Scenario::default(),
     };
     let mut credentials = vec![SimCredentials::demo()];
+    let mut mastodon_tokens = vec![simulator::DEMO_MASTODON_TOKEN.to_string()];
     for src in &config.sources {
-        if let ValidSource::Twitter(spec) = src {
-            for c in &spec.credentials {
-                credentials.push(SimCredentials {
-                    consumer_key: c.consumer_key.clone(),
-                    consumer_secret: c.consumer_secret.clone(),
-                    token: c.token.clone(),
-                    token_secret: c.token_secret.clone(),
-                });
+        match src {
+            ValidSource::Twitter(spec) => {
+                for c in &spec.credentials {
+                    credentials.push(SimCredentials {
+                        consumer_key: c.consumer_key.clone(),
+                        consumer_secret: c.consumer_secret.clone(),
+                        token: c.token.clone(),
+                        token_secret: c.token_secret.clone(),
+                    });
+                }
             }
+            ValidSource::Mastodon(spec) => mastodon_tokens.push(spec.token.expose().to_owned()),
         }
     }
     let sim = simulator::start(SimulatorConfig {
@@ -88,7 +87,8 @@ pub async fn start_simulator(config: &Config) -> anyhow::Result<Option<SimHandle
         credentials,
         scenario,
         record_sent: 0,
-        mastodon_tokens: vec![simulator::DEMO_MASTODON_TOKEN.to_string()],
+        mastodon_tokens,
+        ..SimulatorConfig::default()
     })
     .await
     .with_context(|| format!("starting the simulator on {listen}"))?;
@@ -132,7 +132,7 @@ pub async fn start_embedded(config: &Config, registry: &SinkRegistry) -> anyhow:
 
 async fn start_with(config: &Config, registry: &SinkRegistry, stop_system: bool) -> anyhow::Result<Running> {
     install_crypto();
-    let sources = twitter_sources(config)?;
+    let (sources, mastodon_sources) = split_sources(config);
     let simulator = start_simulator(config).await?;
     let metrics = Metrics::default();
     let stats = StatsRegistry::default();
@@ -142,6 +142,7 @@ async fn start_with(config: &Config, registry: &SinkRegistry, stop_system: bool)
     let reload: ReloadHook =
         Arc::new(move || crate::config::reload_predicates(&file, &hook_registry).map_err(|e| e.to_string()));
     let supervisor = StreamSupervisor::new(sources, sinks, metrics.clone(), stats.clone(), interval)
+        .mastodon_sources(mastodon_sources)
         .state_dir(config.service.state_dir.clone())
         .reload_hook(reload)
         .stop_system(stop_system)
@@ -223,10 +224,17 @@ pub struct ProbeReport {
     pub reconnects: u64,
     /// Last error per connection, if any.
     pub errors: Vec<String>,
+    /// Mastodon: the streaming host's health check, `Ok(body)` on 200.
+    pub health: Option<Result<String, String>>,
 }
 
 impl std::fmt::Display for ProbeReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.health {
+            Some(Ok(body)) => writeln!(f, "health: ok ({body})")?,
+            Some(Err(e)) => writeln!(f, "health: FAILED: {e}")?,
+            None => {}
+        }
         let total: u64 = self.kinds.values().sum();
         writeln!(f, "events: {total}")?;
         for (k, n) in &self.kinds {
@@ -249,7 +257,7 @@ pub fn probe(mut config: Config, source: &str, seconds: f64) -> anyhow::Result<(
         .iter()
         .filter(|s| match s {
             ValidSource::Twitter(spec) => &*spec.name == source,
-            ValidSource::Mastodon { name, .. } => name == source,
+            ValidSource::Mastodon(spec) => &*spec.name == source,
         })
         .cloned()
         .collect();
@@ -261,15 +269,40 @@ pub fn probe(mut config: Config, source: &str, seconds: f64) -> anyhow::Result<(
         }
         .into());
     }
+    let mastodon = match &keep[0] {
+        ValidSource::Mastodon(spec) => Some((**spec).clone()),
+        ValidSource::Twitter(_) => None,
+    };
     config.sources = keep;
     config.sinks.clear();
     config.service.stats_interval_s = 0.0;
     let system = actix_rt::System::new();
     let report = system.block_on(async move {
+        let mut report = ProbeReport::default();
+        let mut early_simulator = None;
+        if let Some(spec) = mastodon {
+            // The health check comes first; an embedded simulator must be up for it.
+            early_simulator = start_simulator(&config).await?;
+            config.simulator.enabled = false;
+            let streaming = match &spec.streaming_url {
+                Some(u) => u.clone(),
+                None => discover_streaming_url(&spec.instance_url, &spec.token)
+                    .await
+                    .unwrap_or_else(|_| spec.instance_url.clone()),
+            };
+            let health = streaming_health(&streaming).await;
+            let failed = health.is_err();
+            report.health = Some(health);
+            if failed {
+                if let Some(sim) = early_simulator {
+                    sim.stop().await;
+                }
+                return anyhow::Ok(report);
+            }
+        }
         let running = start_embedded(&config, &SinkRegistry::builtin()).await?;
         tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
         let _ = running.supervisor.send(Shutdown { exit_code: 0 }).await;
-        let mut report = ProbeReport::default();
         for kind in EventKind::ALL {
             let n = running
                 .metrics
@@ -287,7 +320,7 @@ pub fn probe(mut config: Config, source: &str, seconds: f64) -> anyhow::Result<(
                 report.errors.push(format!("{}: {e}", s.id));
             }
         }
-        if let Some(sim) = running.simulator {
+        for sim in [running.simulator, early_simulator].into_iter().flatten() {
             sim.stop().await;
         }
         anyhow::Ok(report)

@@ -12,7 +12,11 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use streamherd_actors::backoff::BackoffConfig;
+use streamherd_actors::control_messages::{ReplacePredicates, ReplaceStreams, SourcePredicates};
+use streamherd_actors::mastodon_actor::{BearerToken, CatchUpLimits, Transport};
+use streamherd_actors::mastodon_planner::MastodonSourceSpec;
 use streamherd_actors::messages::EventKind;
+use streamherd_actors::protocol::mastodon_streams::MastodonStream;
 use streamherd_actors::protocol::request::{OAuthCredentials, TwitterEndpoint, TwitterQuery};
 use streamherd_actors::shard_planner::{
     plan_shards, Shard, SourceSpec, FILTER_MAX_FOLLOWS, FILTER_MAX_LOCATIONS, FILTER_MAX_TRACK,
@@ -338,9 +342,13 @@ pub struct SourceConfig {
     pub name: String,
     /// Stream kind name (checked in validation, so the error can list the known ones).
     pub kind: String,
-    /// Scheme and host of the streaming API.
+    /// Scheme and host of the streaming API (Mastodon: of the instance).
     #[serde(default)]
     pub base_url: Option<String>,
+    /// Mastodon: the streaming host, when it should not be discovered from
+    /// the instance API (B.1).
+    #[serde(default)]
+    pub streaming_url: Option<String>,
     /// Track phrases.
     #[serde(default)]
     pub track: Vec<String>,
@@ -457,13 +465,8 @@ pub struct SinkSpec {
 pub enum ValidSource {
     /// A Twitter v1.1 source.
     Twitter(Box<SourceSpec>),
-    /// A Mastodon source (validated; streaming it arrives with a later release).
-    Mastodon {
-        /// Source name.
-        name: String,
-        /// Streams asked for.
-        streams: Vec<String>,
-    },
+    /// A Mastodon source.
+    Mastodon(Box<MastodonSourceSpec>),
 }
 
 /// The validated configuration.
@@ -623,27 +626,120 @@ fn backoff_config(b: &BackoffSection) -> Result<BackoffConfig, KeyedError> {
     })
 }
 
-/// Mastodon stream names SPEC section 3 accepts.
-fn valid_mastodon_stream(s: &str) -> bool {
-    const FIXED: [&str; 11] = [
-        "user",
-        "user:notification",
-        "public",
-        "public:media",
-        "public:local",
-        "public:local:media",
-        "public:remote",
-        "public:remote:media",
-        "direct",
-        "public:allow_local_only",
-        "public:allow_local_only:media",
-    ];
-    if FIXED.contains(&s) {
-        return true;
+/// Default stall timeout of a Mastodon source: three missed 15 s heartbeats.
+const MASTODON_STALL: Duration = Duration::from_secs(45);
+/// Default WebSocket subscriptions per connection.
+const DEFAULT_STREAMS_PER_CONNECTION: usize = 100;
+
+fn source_stall_timeout(i: usize, src: &SourceConfig, default: Duration) -> Result<Duration, KeyedError> {
+    let key = format!("sources[{i}].stall_timeout_s");
+    match src.stall_timeout_s {
+        Some(v) => secs(&key, v).and_then(|d| if d.is_zero() { Err((key, "must be above 0".into())) } else { Ok(d) }),
+        None => Ok(default),
     }
-    let tagged =
-        |prefix: &str| s.strip_prefix(prefix).is_some_and(|t| !t.is_empty() && !t.contains(char::is_whitespace));
-    tagged("hashtag:local:") || tagged("hashtag:") || tagged("list:")
+}
+
+fn validate_mastodon(
+    i: usize,
+    src: &SourceConfig,
+    backoff: &BackoffConfig,
+    default_stall: Duration,
+    service: &ServiceConfig,
+) -> Result<ValidSource, KeyedError> {
+    let key = |f: &str| format!("sources[{i}].{f}");
+    let auths = src.auth.as_ref().map(|a| a.0.clone()).unwrap_or_default();
+    let token = match auths.as_slice() {
+        [AuthConfig { kind: AuthKind::Bearer, token: Some(t), .. }] => t.resolve(&key("auth.token"))?,
+        _ => return Err((key("auth"), "a mastodon source needs auth = { kind = \"bearer\", token = \"...\" }".into())),
+    };
+    if token.trim().is_empty() {
+        return Err((key("auth.token"), "is empty".into()));
+    }
+    let twitter_only = [
+        ("follow", !src.follow.is_empty()),
+        ("follow_file", src.follow_file.is_some()),
+        ("track", !src.track.is_empty()),
+        ("locations", !src.locations.is_empty()),
+        ("with", src.with.is_some()),
+        ("replies", src.replies.is_some()),
+        ("follow_limit", src.follow_limit.is_some()),
+    ];
+    if let Some((field, _)) = twitter_only.iter().find(|(_, set)| *set) {
+        return Err((key(field), "applies to twitter sources, not mastodon (use `streams`)".into()));
+    }
+    let url_key = |f: &str, v: &str| -> Result<String, KeyedError> {
+        if v.starts_with("http://") || v.starts_with("https://") {
+            Ok(v.trim_end_matches('/').to_owned())
+        } else {
+            Err((key(f), format!("`{v}` must start with http:// or https://")))
+        }
+    };
+    let instance_url = url_key("base_url", src.base_url.as_deref().unwrap_or("https://mastodon.social"))?;
+    let streaming_url = match &src.streaming_url {
+        Some(u) => {
+            let http = u.replacen("wss://", "https://", 1).replacen("ws://", "http://", 1);
+            Some(url_key("streaming_url", &http)?)
+        }
+        None => None,
+    };
+    let transport = match src.transport.as_deref() {
+        None | Some("websocket") => Transport::WebSocket,
+        Some("sse") => Transport::Sse,
+        Some(t) => return Err((key("transport"), format!("`{t}` is not sse or websocket"))),
+    };
+    if src.streams.is_empty() {
+        return Err((key("streams"), "a mastodon source needs at least one stream".into()));
+    }
+    let mut streams = Vec::new();
+    let mut keys: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for (j, s) in src.streams.iter().enumerate() {
+        let skey = format!("sources[{i}].streams[{j}]");
+        let stream = MastodonStream::parse(s).ok_or_else(|| (skey.clone(), format!("unknown stream name `{s}`")))?;
+        if let Some(first) = keys.insert(stream.key(), s.clone()) {
+            return Err((
+                skey,
+                format!("`{s}` is the same stream as `{first}` (hashtags match whatever their case or accents)"),
+            ));
+        }
+        streams.push(stream);
+    }
+    let per = src.streams_per_connection.unwrap_or(DEFAULT_STREAMS_PER_CONNECTION);
+    if per == 0 || per > 10_000 {
+        return Err((key("streams_per_connection"), "must be 1..=10000".into()));
+    }
+    if src.max_connections == 0 {
+        return Err((key("max_connections"), "must be at least 1".into()));
+    }
+    let needed = match transport {
+        Transport::Sse => streams.len(),
+        Transport::WebSocket => streams.len().div_ceil(per),
+    };
+    if needed > src.max_connections {
+        return Err((
+            key("streams"),
+            format!(
+                "{} stream(s) need {needed} {} connection(s), over max_connections ({})",
+                streams.len(),
+                transport.as_str(),
+                src.max_connections
+            ),
+        ));
+    }
+    let stall_timeout = source_stall_timeout(i, src, default_stall.min(MASTODON_STALL))?;
+    Ok(ValidSource::Mastodon(Box::new(MastodonSourceSpec {
+        name: src.name.as_str().into(),
+        transport,
+        instance_url,
+        streaming_url,
+        streams,
+        streams_per_connection: per,
+        catch_up: src.catch_up.unwrap_or(true).then(CatchUpLimits::default),
+        token: BearerToken::new(token),
+        stall_timeout,
+        max_message_bytes: service.max_message_bytes,
+        max_connections: src.max_connections,
+        backoff: backoff.clone(),
+    })))
 }
 
 fn validate_source(
@@ -664,21 +760,11 @@ fn validate_source(
         return Err((key("base_url"), format!("`{base_url}` must start with http:// or https://")));
     }
     let Some(endpoint) = kind.endpoint() else {
-        if auths.is_empty() || auths.iter().any(|a| a.kind != AuthKind::Bearer || a.token.is_none()) {
-            return Err((key("auth"), "a mastodon source needs auth = { kind = \"bearer\", token = \"...\" }".into()));
-        }
-        for (j, s) in src.streams.iter().enumerate() {
-            if !valid_mastodon_stream(s) {
-                return Err((format!("sources[{i}].streams[{j}]"), format!("unknown stream name `{s}`")));
-            }
-        }
-        if let Some(t) = &src.transport {
-            if t != "sse" && t != "websocket" {
-                return Err((key("transport"), format!("`{t}` is not sse or websocket")));
-            }
-        }
-        return Ok(ValidSource::Mastodon { name: src.name.clone(), streams: src.streams.clone() });
+        return validate_mastodon(i, src, backoff, default_stall, service);
     };
+    if src.streaming_url.is_some() {
+        return Err((key("streaming_url"), format!("applies to mastodon sources, not {}", kind.as_str())));
+    }
     if !src.streams.is_empty()
         || src.transport.is_some()
         || src.streams_per_connection.is_some()
@@ -805,16 +891,7 @@ fn validate_source(
     if endpoint == TwitterEndpoint::Site && follow.is_empty() {
         return Err((key("follow"), "twitter.site needs follow ids (follow or follow_file)".into()));
     }
-    let stall_timeout = match src.stall_timeout_s {
-        Some(v) => secs(&key("stall_timeout_s"), v).and_then(|d| {
-            if d.is_zero() {
-                Err((key("stall_timeout_s"), "must be above 0".into()))
-            } else {
-                Ok(d)
-            }
-        })?,
-        None => default_stall,
-    };
+    let stall_timeout = source_stall_timeout(i, src, default_stall)?;
     let spec = SourceSpec {
         name: src.name.as_str().into(),
         endpoint,
@@ -946,24 +1023,23 @@ fn validate_sink(
 
 /// The predicates of every Twitter source, re-read from `file` and its
 /// follow files (`POST /update`).
-pub fn reload_predicates(
-    file: &Path,
-    registry: &SinkRegistry,
-) -> Result<Vec<(String, streamherd_actors::control_messages::ReplacePredicates)>, ConfigError> {
+pub fn reload_predicates(file: &Path, registry: &SinkRegistry) -> Result<Vec<(String, SourcePredicates)>, ConfigError> {
     let config = load(file, registry)?;
     Ok(config
         .sources
         .into_iter()
-        .filter_map(|s| match s {
-            ValidSource::Twitter(spec) => Some((
+        .map(|s| match s {
+            ValidSource::Twitter(spec) => (
                 spec.name.to_string(),
-                streamherd_actors::control_messages::ReplacePredicates {
+                SourcePredicates::Twitter(ReplacePredicates {
                     follow: spec.query.follow,
                     track: spec.query.track,
                     locations: spec.query.locations,
-                },
-            )),
-            ValidSource::Mastodon { .. } => None,
+                }),
+            ),
+            ValidSource::Mastodon(spec) => {
+                (spec.name.to_string(), SourcePredicates::Mastodon(ReplaceStreams { streams: spec.streams }))
+            }
         })
         .collect())
 }
@@ -1009,8 +1085,29 @@ pub fn describe_plan(config: &Config) -> String {
                     );
                 }
             }
-            ValidSource::Mastodon { name, streams } => {
-                let _ = writeln!(out, "  {name} (mastodon): {} stream(s): {}", streams.len(), streams.join(", "));
+            ValidSource::Mastodon(spec) => {
+                let per = match spec.transport {
+                    Transport::Sse => 1,
+                    Transport::WebSocket => spec.streams_per_connection,
+                };
+                let names: Vec<String> = spec.streams.iter().map(MastodonStream::config_name).collect();
+                let _ = writeln!(
+                    out,
+                    "  {} (mastodon, {} at {}{}): {} stream(s) in {} connection(s), catch-up {}",
+                    spec.name,
+                    spec.transport.as_str(),
+                    spec.instance_url,
+                    spec.streaming_url
+                        .as_ref()
+                        .map(|u| format!(", streaming {u}"))
+                        .unwrap_or_else(|| ", streaming host discovered".into()),
+                    spec.streams.len(),
+                    spec.streams.len().div_ceil(per),
+                    if spec.catch_up.is_some() { "on" } else { "off" },
+                );
+                for (n, chunk) in names.chunks(per).enumerate() {
+                    let _ = writeln!(out, "    connection {n}: {}", chunk.join(", "));
+                }
             }
         }
     }

@@ -19,10 +19,15 @@ fn the_shipped_config_parses_with_every_section() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
     let c = config::load(&path, &SinkRegistry::builtin()).unwrap();
     assert!(c.simulator.enabled);
-    assert_eq!(c.sources.len(), 3);
+    assert_eq!(c.sources.len(), 4);
     assert_eq!(c.sinks.len(), 2);
     let ValidSource::Twitter(site) = &c.sources[2] else { panic!("site source") };
     assert_eq!(site.query.follow.len(), 250, "follow_file is read relative to the config file");
+    let ValidSource::Mastodon(fedi) = &c.sources[3] else { panic!("mastodon source") };
+    assert_eq!(fedi.streams.len(), 4);
+    assert_eq!(fedi.streaming_url, None, "discovered from the instance");
+    assert!(fedi.catch_up.is_some());
+    assert!(!format!("{fedi:?}").contains("demo-mastodon-token"), "the token never shows in Debug");
 }
 
 // One test touches the process environment, so no other test races with it.

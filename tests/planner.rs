@@ -19,7 +19,10 @@ use streamherd_actors::shard_planner::ShardPlanner;
 const T: Duration = Duration::from_secs(30);
 
 async fn planner(running: &Running, source: &str) -> Addr<ShardPlanner> {
-    running.supervisor.send(GetPlanner { source: source.into() }).await.unwrap().expect("planner")
+    match running.supervisor.send(GetPlanner { source: source.into() }).await.unwrap() {
+        Some(streamherd_actors::control_messages::PlannerAddr::Twitter(p)) => p,
+        other => panic!("no twitter planner: {other:?}"),
+    }
 }
 
 fn site_config(sim: &SimHandle, follows: &[u64], extra: &str) -> TestConfig {

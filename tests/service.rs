@@ -79,6 +79,8 @@ fn shipped_config_checks() {
     assert!(stdout.contains("app-users (Site"), "{stdout}");
     assert!(stdout.contains("3 connection(s)"), "250 site follows at 100 per connection: {stdout}");
     assert!(stdout.contains("archive (file)"), "{stdout}");
+    assert!(stdout.contains("fedi (mastodon, websocket"), "{stdout}");
+    assert!(stdout.contains("4 stream(s) in 1 connection(s)"), "{stdout}");
     assert!(!stdout.contains("demo-token-secret") && !stdout.contains("demo-consumer-secret"), "secrets never printed");
 }
 
@@ -105,7 +107,7 @@ fn shipped_config_prints_envelopes_and_writes_data() {
         assert_eq!(v["source"], "election", "{line}");
     }
     wait_blocking(Duration::from_secs(10), "data/ files", || {
-        ["election", "sample", "app-users"].iter().all(|s| dir.path().join("data").join(s).is_dir())
+        ["election", "sample", "app-users", "fedi"].iter().all(|s| dir.path().join("data").join(s).is_dir())
     });
     signal(&child, libc::SIGTERM);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0, "SIGTERM is a clean stop");
@@ -126,6 +128,47 @@ fn probe_counts_one_source_by_kind() {
     assert!(out.contains("events: ") && out.contains("  tweet: ") && out.contains("bytes: "), "{out}");
     assert!(out.contains("reconnects: 0"), "{out}");
     assert!(!dir.path().join("data").exists(), "probe writes no sinks");
+}
+
+#[test]
+fn probe_checks_a_mastodon_source_health_then_counts_by_kind() {
+    let (dir, _) = shipped_config_copy();
+    let mut child = spawn(
+        streamherd(&["probe", "--source", "fedi", "--seconds", "1.5"], dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut stdout = child.stdout.take().unwrap();
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    let health = out.find("health: ok (OK)").unwrap_or_else(|| panic!("health line first: {out}"));
+    let events = out.find("events: ").unwrap_or_else(|| panic!("{out}"));
+    assert!(health < events, "{out}");
+    assert!(out.contains("  update: ") && out.contains("bytes: "), "{out}");
+    assert!(!out.contains("demo-mastodon-token"), "the token is never printed");
+    assert!(!dir.path().join("data").exists(), "probe writes no sinks");
+}
+
+#[test]
+fn probe_of_an_unreachable_mastodon_host_reports_the_failed_health_check() {
+    let (dir, _) = shipped_config_copy();
+    let port = free_port();
+    let cfg = dir.path().join("config.toml");
+    let body = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("catch_up = true ", &format!("streaming_url = \"http://127.0.0.1:{port}\"\ncatch_up = true "));
+    std::fs::write(&cfg, body).unwrap();
+    let mut child = spawn(
+        streamherd(&["probe", "--source", "fedi", "--seconds", "1"], dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut stdout = child.stdout.take().unwrap();
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 3);
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    assert!(out.contains("health: FAILED") && out.contains(&port.to_string()), "{out}");
 }
 
 fn broken(body: &str, key: &str) {
@@ -166,6 +209,10 @@ fn broken_configs_exit_2_naming_the_key() {
         "sources[0].track[0]",
     );
     broken("[[sources]]\nname = \"m\"\nkind = \"mastodon\"\nstreams = [\"hashtag\"]\nauth = { kind = \"bearer\", token = \"t\" }\n", "sources[0].streams[0]");
+    broken("[[sources]]\nname = \"m\"\nkind = \"mastodon\"\nstreams = [\"hashtag:Rust\", \"hashtag:rust\"]\nauth = { kind = \"bearer\", token = \"t\" }\n", "sources[0].streams[1]");
+    broken("[[sources]]\nname = \"m\"\nkind = \"mastodon\"\nstreams = [\"public\"]\nfollow = [1]\nauth = { kind = \"bearer\", token = \"t\" }\n", "sources[0].follow");
+    broken("[[sources]]\nname = \"m\"\nkind = \"mastodon\"\nstreams = [\"public\"]\ntransport = \"grpc\"\nauth = { kind = \"bearer\", token = \"t\" }\n", "sources[0].transport");
+    broken("[[sources]]\nname = \"m\"\nkind = \"mastodon\"\nstreams = [\"public\", \"user\"]\ntransport = \"sse\"\nmax_connections = 1\nauth = { kind = \"bearer\", token = \"t\" }\n", "sources[0].streams");
 }
 
 #[test]

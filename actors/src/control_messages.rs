@@ -4,6 +4,8 @@
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::mastodon_planner::MastodonPlanner;
+use crate::protocol::mastodon_streams::MastodonStream;
 use crate::shard_planner::{PlanError, ShardPlanner};
 
 /// Add and remove follow ids of one source (persisted in `state_dir`).
@@ -39,6 +41,23 @@ pub struct ReplacePredicates {
     pub track: Vec<String>,
     /// Location boxes.
     pub locations: Vec<String>,
+}
+
+/// Streams re-read from the config for a Mastodon source (`POST /update`).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<FollowsChanged, PlanError>")]
+pub struct ReplaceStreams {
+    /// Every stream the source should carry.
+    pub streams: Vec<MastodonStream>,
+}
+
+/// A source's predicates as re-read from the config.
+#[derive(Debug, Clone)]
+pub enum SourcePredicates {
+    /// Follows, track terms and locations of a Twitter source.
+    Twitter(ReplacePredicates),
+    /// Streams of a Mastodon source.
+    Mastodon(ReplaceStreams),
 }
 
 /// Repack a site source into the fewest connections (seed 000 `consolidate_streams`).
@@ -79,9 +98,18 @@ pub struct SourceHealth {
     pub non_full: Vec<String>,
 }
 
+/// The planner of a source.
+#[derive(Debug, Clone)]
+pub enum PlannerAddr {
+    /// A Twitter source's.
+    Twitter(Addr<ShardPlanner>),
+    /// A Mastodon source's.
+    Mastodon(Addr<MastodonPlanner>),
+}
+
 /// The planner of a source, by name (None: no such source).
 #[derive(Message, Debug, Clone)]
-#[rtype(result = "Option<Addr<ShardPlanner>>")]
+#[rtype(result = "Option<PlannerAddr>")]
 pub struct GetPlanner {
     /// Source name.
     pub source: String,

@@ -4,14 +4,19 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod catch_up;
 pub mod control_messages;
 pub mod control_stream;
 pub mod dedup;
 pub mod error;
+pub mod mastodon_actor;
+pub mod mastodon_planner;
 pub mod messages;
 pub mod metrics;
+pub mod persist;
 pub mod plan;
 pub mod protocol;
+pub mod resume;
 pub mod shard_planner;
 pub mod sink_actor;
 pub mod sinks;

@@ -276,3 +276,28 @@ pub struct ControlAnnounced {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct SetRequest(pub crate::protocol::request::StreamRequest);
+
+/// Add and remove streams on a Mastodon connection (WebSocket: subscribe and
+/// unsubscribe messages on the live socket; every subscription is restored
+/// after a reconnect).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ChangeSubscriptions {
+    /// Streams to carry.
+    pub add: Vec<crate::protocol::mastodon_streams::MastodonStream>,
+    /// Stream keys to drop.
+    pub remove: Vec<String>,
+}
+
+/// The Mastodon streaming server refused a subscription with an error frame
+/// (`{"error":"...","status":400}`); the connection goes on.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SubscriptionRejected {
+    /// Connection id.
+    pub connection: Arc<str>,
+    /// The server's `error` text.
+    pub message: String,
+    /// Its `status`, when the server sent one.
+    pub status: Option<u16>,
+}

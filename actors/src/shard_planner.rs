@@ -248,20 +248,10 @@ impl FollowDelta {
         }
     }
 
-    /// Writes atomically: a temp file, fsync, rename, fsync of the directory.
+    /// Writes atomically (see [`crate::persist::write_atomically`]).
     pub fn store(&self, path: &Path) -> Result<(), String> {
-        use std::io::Write;
-        let dir = path.parent().ok_or_else(|| format!("{}: no parent directory", path.display()))?;
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        f.write_all(&body).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::persist::write_atomically(path, &body)
     }
 }
 
@@ -401,8 +391,12 @@ impl ShardPlanner {
             reset_after: self.spec.backoff.reset_after,
             max_message_bytes: self.spec.max_message_bytes,
         };
-        let carries =
-            Carries { follow: query.follow.clone(), track: query.track.clone(), locations: query.locations.clone() };
+        let carries = Carries {
+            follow: query.follow.clone(),
+            track: query.track.clone(),
+            locations: query.locations.clone(),
+            streams: Vec::new(),
+        };
         let stats = ConnectionStats::new(id.clone(), self.spec.name.clone(), carries, counters);
         self.ctx.stats.add(stats.clone());
         let (sinks, dedup, actor_stats) = (self.ctx.sinks.clone(), self.dedup.clone(), stats.clone());

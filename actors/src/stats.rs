@@ -84,6 +84,8 @@ pub struct Carries {
     pub track: Vec<String>,
     /// Location boxes.
     pub locations: Vec<String>,
+    /// Mastodon streams (config spelling).
+    pub streams: Vec<String>,
 }
 
 /// Pre-resolved metric handles for one source, so the hot path adds to an
@@ -102,6 +104,8 @@ pub struct SourceCounters {
     pub oversized: Counter,
     /// Events dropped as duplicates.
     pub duplicates: Counter,
+    /// Gap events written.
+    pub gaps: Counter,
     states: Vec<Gauge>,
 }
 
@@ -133,6 +137,7 @@ impl SourceCounters {
             malformed: metrics.malformed_total.get_or_create(&label).clone(),
             oversized: metrics.oversized_total.get_or_create(&label).clone(),
             duplicates: metrics.duplicates_dropped_total.get_or_create(&label).clone(),
+            gaps: metrics.gaps_total.get_or_create(&label).clone(),
             states,
             metrics: metrics.clone(),
             source: source.into(),
@@ -218,6 +223,13 @@ impl ConnectionStats {
     pub fn set_follows(&self, follow: Vec<u64>) {
         if let Ok(mut c) = self.carries.lock() {
             c.follow = follow;
+        }
+    }
+
+    /// The Mastodon streams it carries changed.
+    pub fn set_streams(&self, streams: Vec<String>) {
+        if let Ok(mut c) = self.carries.lock() {
+            c.streams = streams;
         }
     }
 

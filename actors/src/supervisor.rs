@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::control_messages::{
-    FollowsChanged, GetHealth, GetPlanner, GetSourceHealth, ReloadPredicates, ReplacePredicates, SourceHealth,
+    FollowsChanged, GetHealth, GetPlanner, GetSourceHealth, PlannerAddr, ReloadPredicates, SourceHealth,
+    SourcePredicates,
 };
+use crate::mastodon_planner::{MastodonPlanner, MastodonPlannerContext, MastodonSourceSpec};
 use crate::metrics::Metrics;
 use crate::shard_planner::{PlannerContext, ShardPlanner, SourceFailed, SourceSpec, StopSource};
 use crate::sink_actor::SinkHandle;
@@ -33,17 +35,18 @@ pub struct Shutdown {
 /// Re-reads the predicates of every source from the config (`POST /update`):
 /// source name to its new predicates. Supplied by the application, which
 /// knows where the config lives.
-pub type ReloadHook = Arc<dyn Fn() -> Result<Vec<(String, ReplacePredicates)>, String> + Send + Sync>;
+pub type ReloadHook = Arc<dyn Fn() -> Result<Vec<(String, SourcePredicates)>, String> + Send + Sync>;
 
 /// Starts and stops everything that streams.
 pub struct StreamSupervisor {
     sources: Vec<SourceSpec>,
+    mastodon_sources: Vec<MastodonSourceSpec>,
     sinks: Arc<[SinkHandle]>,
     metrics: Metrics,
     stats: StatsRegistry,
     stream_threads: usize,
     arbiters: Vec<Arbiter>,
-    planners: HashMap<String, Addr<ShardPlanner>>,
+    planners: HashMap<String, PlannerAddr>,
     failed: HashSet<Arc<str>>,
     state_dir: PathBuf,
     reload: Option<ReloadHook>,
@@ -65,6 +68,7 @@ impl StreamSupervisor {
     ) -> Self {
         StreamSupervisor {
             sources,
+            mastodon_sources: Vec::new(),
             sinks: sinks.into(),
             metrics,
             stats,
@@ -79,6 +83,16 @@ impl StreamSupervisor {
             stopping: false,
             stop_system: true,
         }
+    }
+
+    /// Mastodon sources to stream too.
+    pub fn mastodon_sources(mut self, sources: Vec<MastodonSourceSpec>) -> Self {
+        self.mastodon_sources = sources;
+        self
+    }
+
+    fn source_count(&self) -> usize {
+        self.sources.len() + self.mastodon_sources.len()
     }
 
     /// Where planners persist follow changes (default `state`).
@@ -127,7 +141,8 @@ impl StreamSupervisor {
     }
 
     fn metrics_gaps(&self) -> u64 {
-        let sources: HashSet<&str> = self.sources.iter().map(|s| &*s.name).collect();
+        let sources: HashSet<&str> =
+            self.sources.iter().map(|s| &*s.name).chain(self.mastodon_sources.iter().map(|s| &*s.name)).collect();
         sources.iter().map(|s| self.metrics.gaps_total.get_or_create(&Metrics::source(s)).get()).sum()
     }
 }
@@ -147,12 +162,24 @@ impl Actor for StreamSupervisor {
                 on_failed: ctx.address().recipient(),
                 state_dir: self.state_dir.clone(),
             };
-            self.planners.insert(spec.name.to_string(), ShardPlanner::new(spec, pctx).start());
+            self.planners.insert(spec.name.to_string(), PlannerAddr::Twitter(ShardPlanner::new(spec, pctx).start()));
+        }
+        for spec in self.mastodon_sources.clone() {
+            let pctx = MastodonPlannerContext {
+                sinks: self.sinks.clone(),
+                metrics: self.metrics.clone(),
+                stats: self.stats.clone(),
+                arbiters: handles.clone(),
+                on_failed: ctx.address().recipient(),
+                state_dir: self.state_dir.clone(),
+            };
+            let planner = MastodonPlanner::new(spec.clone(), pctx).start();
+            self.planners.insert(spec.name.to_string(), PlannerAddr::Mastodon(planner));
         }
         if !self.stats_interval.is_zero() {
             ctx.run_interval(self.stats_interval, |act, _| act.stats_line());
         }
-        if self.sources.is_empty() {
+        if self.source_count() == 0 {
             tracing::warn!("no sources configured; nothing to stream");
         }
     }
@@ -163,7 +190,7 @@ impl Handler<SourceFailed> for StreamSupervisor {
 
     fn handle(&mut self, msg: SourceFailed, ctx: &mut Context<Self>) {
         self.failed.insert(msg.source);
-        if !self.stopping && self.failed.len() == self.sources.len() {
+        if !self.stopping && self.failed.len() == self.source_count() {
             tracing::error!("every source failed for good; stopping");
             ctx.notify(Shutdown { exit_code: EXIT_ALL_SOURCES_FAILED });
         }
@@ -171,7 +198,7 @@ impl Handler<SourceFailed> for StreamSupervisor {
 }
 
 impl Handler<GetPlanner> for StreamSupervisor {
-    type Result = Option<Addr<ShardPlanner>>;
+    type Result = Option<PlannerAddr>;
 
     fn handle(&mut self, msg: GetPlanner, _: &mut Context<Self>) -> Self::Result {
         self.planners.get(&msg.source).cloned()
@@ -187,7 +214,11 @@ impl Handler<GetHealth> for StreamSupervisor {
         Box::pin(async move {
             let mut out = Vec::new();
             for (_, planner) in planners {
-                if let Ok(h) = planner.send(GetSourceHealth).await {
+                let health = match planner {
+                    PlannerAddr::Twitter(p) => p.send(GetSourceHealth).await,
+                    PlannerAddr::Mastodon(p) => p.send(GetSourceHealth).await,
+                };
+                if let Ok(h) = health {
                     out.push(h);
                 }
             }
@@ -208,8 +239,13 @@ impl Handler<ReloadPredicates> for StreamSupervisor {
         Box::pin(async move {
             let mut out = Vec::new();
             for (source, predicates) in reloaded? {
-                let Some(planner) = planners.get(&source) else { continue };
-                match planner.send(predicates).await {
+                let answer = match (planners.get(&source), predicates) {
+                    (Some(PlannerAddr::Twitter(p)), SourcePredicates::Twitter(m)) => p.send(m).await,
+                    (Some(PlannerAddr::Mastodon(p)), SourcePredicates::Mastodon(m)) => p.send(m).await,
+                    // A new source, or one whose kind changed: that needs a restart.
+                    _ => continue,
+                };
+                match answer {
                     Ok(Ok(changed)) => out.push((source, changed)),
                     Ok(Err(e)) => return Err(format!("{source}: {e}")),
                     Err(e) => return Err(format!("{source}: {e}")),
@@ -236,7 +272,10 @@ impl Handler<Shutdown> for StreamSupervisor {
                     tracing::info!(exit_code = msg.exit_code, "stopping: closing streams, then flushing sinks");
                 }
                 for planner in &planners {
-                    let _ = planner.send(StopSource).await;
+                    let _ = match planner {
+                        PlannerAddr::Twitter(p) => p.send(StopSource).await,
+                        PlannerAddr::Mastodon(p) => p.send(StopSource).await,
+                    };
                 }
                 for sink in sinks.iter() {
                     if let Err(e) = sink.flush().await {

@@ -13,9 +13,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::{Deserialize, Serialize};
 use streamherd_actors::control_messages::{
-    ChangeFollows, Consolidate, FollowsChanged, GetHealth, GetPlanner, ReloadPredicates, SourceHealth,
+    ChangeFollows, Consolidate, FollowsChanged, GetHealth, GetPlanner, PlannerAddr, ReloadPredicates, SourceHealth,
 };
-use streamherd_actors::shard_planner::ShardPlanner;
+use streamherd_actors::shard_planner::{PlanError, ShardPlanner};
 use streamherd_actors::stats::ConnectionSnapshot;
 use streamherd_actors::supervisor::Shutdown;
 
@@ -143,6 +143,8 @@ struct StreamRow {
     follow: Vec<u64>,
     track: Vec<String>,
     locations: Vec<String>,
+    /// Mastodon streams.
+    streams: Vec<String>,
     messages: u64,
     bytes: u64,
     /// Seconds since the last message; null before the first.
@@ -163,6 +165,7 @@ impl StreamRow {
             follow: s.carries.follow,
             track: s.carries.track,
             locations: s.carries.locations,
+            streams: s.carries.streams,
             messages: s.messages,
             bytes: s.bytes,
             reconnects: s.reconnects,
@@ -280,12 +283,13 @@ impl FollowsBody {
 
 /// The planner of `name`, or a 404.
 async fn planner(state: &State, name: &str) -> Result<actix::Addr<ShardPlanner>, ApiError> {
-    state
-        .supervisor
-        .send(GetPlanner { source: name.to_owned() })
-        .timeout(ASK_TIMEOUT)
-        .await?
-        .ok_or_else(|| ApiError::UnknownSource(name.to_owned()))
+    match state.supervisor.send(GetPlanner { source: name.to_owned() }).timeout(ASK_TIMEOUT).await? {
+        Some(PlannerAddr::Twitter(addr)) => Ok(addr),
+        Some(PlannerAddr::Mastodon(_)) => Err(ApiError::Plan(PlanError::NotApplicable(format!(
+            "source `{name}` is a mastodon source: change its `streams` in the config and POST /update"
+        )))),
+        None => Err(ApiError::UnknownSource(name.to_owned())),
+    }
 }
 
 /// `POST /sources/{name}/follows`: add and remove follow ids.

@@ -23,7 +23,7 @@ pub async fn start_sim(scenario: Scenario, rate: u32, keepalive_ms: u64) -> SimH
         credentials: vec![SimCredentials::demo()],
         scenario,
         record_sent: 200_000,
-        mastodon_tokens: vec![simulator::DEMO_MASTODON_TOKEN.to_string()],
+        ..SimulatorConfig::default()
     })
     .await
     .expect("simulator starts")
@@ -144,14 +144,28 @@ struct RawEnvelope<'a> {
     payload: &'a RawValue,
 }
 
-/// Parses every line of every `.jsonl` file under `dir` (sorted by name).
+/// Parses every line of every `.jsonl` file under `dir` (sorted by name);
+/// the files must end in a complete line (the service has stopped).
 pub fn read_envelopes(dir: &Path) -> Vec<Envelope> {
+    read_files(dir, false)
+}
+
+/// Like [`read_envelopes`], while the service may be writing: a last line
+/// not yet complete is left out.
+pub fn read_envelopes_so_far(dir: &Path) -> Vec<Envelope> {
+    read_files(dir, true)
+}
+
+fn read_files(dir: &Path, while_writing: bool) -> Vec<Envelope> {
     let mut files: Vec<PathBuf> = Vec::new();
     collect(dir, &mut files);
     files.sort();
     let mut out = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
+        let mut text = std::fs::read_to_string(&f).unwrap();
+        if while_writing {
+            text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
+        }
         assert!(text.is_empty() || text.ends_with('\n'), "{} ends in a partial line", f.display());
         for line in text.lines() {
             let raw: RawEnvelope<'_> =

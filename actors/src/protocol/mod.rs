@@ -4,5 +4,6 @@
 pub mod classify;
 pub mod framing;
 pub mod mastodon;
+pub mod mastodon_streams;
 pub mod request;
 pub mod sse;
