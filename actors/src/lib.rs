@@ -22,4 +22,5 @@ pub mod sink_actor;
 pub mod sinks;
 pub mod stats;
 pub mod stream_actor;
+pub mod supervised;
 pub mod supervisor;

@@ -17,7 +17,7 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 
-use crate::backoff::{BackoffActor, PlanAttempt};
+use crate::backoff::BackoffActor;
 use crate::catch_up::{fetch_since, id_cmp, CatchUpError, CatchUpOutcome, CatchUpRequest};
 use crate::error::StreamError;
 use crate::messages::{
@@ -30,6 +30,7 @@ use crate::protocol::sse::{SseItem, SseParser};
 use crate::resume::ResumeStore;
 use crate::sink_actor::SinkHandle;
 use crate::stats::{ConnectionState, ConnectionStats};
+use crate::supervised::{AttemptEnd, SupervisedConnection};
 
 /// How a Mastodon source connects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +143,6 @@ type OpenGaps = Arc<Mutex<HashMap<String, DateTime<Utc>>>>;
 /// One supervised Mastodon connection.
 pub struct MastodonStreamActor {
     spec: Arc<MastodonConnectionSpec>,
-    backoff: Addr<BackoffActor>,
     sinks: Arc<[SinkHandle]>,
     lifecycle: MastodonLifecycle,
     stats: Arc<ConnectionStats>,
@@ -151,11 +151,7 @@ pub struct MastodonStreamActor {
     open_gaps: OpenGaps,
     /// Wakes the live connection when `wanted` changed.
     changed: Arc<tokio::sync::Notify>,
-    stop: Arc<tokio::sync::Notify>,
-    ended: Arc<tokio::sync::Notify>,
-    last_end: Option<(DisconnectCause, bool)>,
-    done: bool,
-    connection: Option<SpawnHandle>,
+    supervised: SupervisedConnection,
 }
 
 impl MastodonStreamActor {
@@ -170,9 +166,15 @@ impl MastodonStreamActor {
         positions: Arc<ResumeStore>,
     ) -> Self {
         let wanted = streams.into_iter().map(|s| (s.key(), s)).collect();
+        let supervised = SupervisedConnection::new(
+            spec.id.clone(),
+            stats.clone(),
+            backoff,
+            lifecycle.disconnected.clone(),
+            lifecycle.failed.clone(),
+        );
         MastodonStreamActor {
             spec: Arc::new(spec),
-            backoff,
             sinks,
             lifecycle,
             stats,
@@ -180,16 +182,11 @@ impl MastodonStreamActor {
             wanted: Arc::new(Mutex::new(wanted)),
             open_gaps: Arc::new(Mutex::new(HashMap::new())),
             changed: Arc::new(tokio::sync::Notify::new()),
-            stop: Arc::new(tokio::sync::Notify::new()),
-            ended: Arc::new(tokio::sync::Notify::new()),
-            last_end: None,
-            done: false,
-            connection: None,
+            supervised,
         }
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
-        self.stats.set_state(ConnectionState::Connecting);
         let conn = Conn {
             spec: self.spec.clone(),
             sinks: self.sinks.clone(),
@@ -199,48 +196,10 @@ impl MastodonStreamActor {
             wanted: self.wanted.clone(),
             open_gaps: self.open_gaps.clone(),
             changed: self.changed.clone(),
-            stop: self.stop.clone(),
+            stop: self.supervised.stop_signal(),
         };
-        let handle =
-            ctx.spawn(run_connection(conn).into_actor(self).map(|end, act, ctx| act.connection_ended(end, ctx)));
-        self.connection = Some(handle);
-    }
-
-    fn connection_ended(&mut self, end: ConnectionEnd, ctx: &mut Context<Self>) {
-        self.connection = None;
-        self.ended.notify_waiters();
-        let id = self.spec.id.clone();
-        if self.done {
-            if self.stats.state() != ConnectionState::Failed {
-                self.stats.set_state(ConnectionState::Stopped);
-            }
-            return;
-        }
-        match end.result {
-            StreamError::Retryable(cause) => {
-                if cause == DisconnectCause::Stall {
-                    self.stats.set_state(ConnectionState::Stalled);
-                }
-                tracing::warn!(connection = %id, %cause, "connection ended; reconnecting after backoff");
-                self.stats.set_last_error(cause.to_string());
-                self.stats.counters().reconnect(cause.label());
-                self.lifecycle.disconnected.do_send(StreamDisconnected { connection: id, cause: cause.clone() });
-                self.last_end = Some((cause, end.healthy));
-                ctx.stop();
-            }
-            StreamError::Fatal { reason } => {
-                tracing::error!(connection = %id, %reason, "connection failed for good; not retrying");
-                self.done = true;
-                self.stats.set_last_error(reason.clone());
-                self.stats.set_state(ConnectionState::Failed);
-                self.lifecycle.failed.do_send(StreamFailed { connection: id, reason });
-            }
-            StreamError::Finished { reason } => {
-                tracing::info!(connection = %id, %reason, "stream finished");
-                self.done = true;
-                self.stats.set_state(ConnectionState::Stopped);
-            }
-        }
+        self.supervised
+            .start_attempt(ctx, run_connection(conn), |act, end, ctx| act.supervised.attempt_ended(end, ctx));
     }
 }
 
@@ -248,34 +207,13 @@ impl Actor for MastodonStreamActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.done {
-            return;
-        }
-        let (cause, was_healthy) = match self.last_end.take() {
-            Some((cause, healthy)) => (Some(cause), healthy),
-            None => (None, false),
-        };
-        if cause.is_some() {
-            self.stats.set_state(ConnectionState::BackingOff);
-        }
-        let plan = PlanAttempt { connection: self.spec.id.clone(), cause, was_healthy };
-        self.backoff
-            .send(plan)
-            .into_actor(self)
-            .map(|wait, act, ctx| {
-                let wait = wait.unwrap_or(Duration::from_secs(1));
-                tracing::debug!(connection = %act.spec.id, wait_ms = wait.as_millis() as u64, "next attempt scheduled");
-                ctx.run_later(wait, |act, ctx| act.connect(ctx));
-            })
-            .spawn(ctx);
+        self.supervised.schedule(ctx, Self::connect);
     }
 }
 
 impl Supervised for MastodonStreamActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        if !self.done {
-            self.stats.add_reconnect();
-        }
+        self.supervised.restarting();
     }
 }
 
@@ -304,26 +242,10 @@ impl Handler<StopStream> for MastodonStreamActor {
     /// Ends the connection after the batch in hand is delivered; answered
     /// when it has ended (bounded).
     fn handle(&mut self, _: StopStream, ctx: &mut Context<Self>) -> Self::Result {
-        self.done = true;
-        if self.connection.is_none() {
-            if self.stats.state() != ConnectionState::Failed {
-                self.stats.set_state(ConnectionState::Stopped);
-            }
-            ctx.stop();
-            return Box::pin(async {});
-        }
-        let ended = self.ended.clone().notified_owned();
-        self.stop.notify_one();
-        Box::pin(async move {
-            if tokio::time::timeout(STOP_GRACE, ended).await.is_err() {
-                tracing::warn!("a connection did not end within the stop grace period");
-            }
-        })
+        self.supervised.stop(ctx)
     }
 }
 
-/// How long a stop waits for the batch in hand to reach the sinks.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Statuses after which retrying the same request cannot help (B.7, SPEC 5).
 const FATAL_STATUSES: [u16; 9] = [400, 401, 403, 404, 406, 410, 413, 416, 422];
 /// Live events of one stream held back while its catch-up runs; past this
@@ -349,13 +271,7 @@ struct Conn {
     stop: Arc<tokio::sync::Notify>,
 }
 
-/// How one connection attempt ended.
-struct ConnectionEnd {
-    result: StreamError,
-    healthy: bool,
-}
-
-async fn run_connection(conn: Conn) -> ConnectionEnd {
+async fn run_connection(conn: Conn) -> AttemptEnd {
     let mut connected_at = None;
     let result = match conn.spec.transport {
         Transport::Sse => read_sse(&conn, &mut connected_at).await,
@@ -370,8 +286,7 @@ async fn run_connection(conn: Conn) -> ConnectionEnd {
             }
         }
     }
-    let healthy = connected_at.is_some_and(|t: Instant| t.elapsed() >= conn.spec.reset_after);
-    ConnectionEnd { result, healthy }
+    AttemptEnd::new(result, connected_at, conn.spec.reset_after)
 }
 
 fn wanted_streams(conn: &Conn) -> Vec<MastodonStream> {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures_util::StreamExt;
 
-use crate::backoff::{BackoffActor, PlanAttempt};
+use crate::backoff::BackoffActor;
 use crate::dedup::DedupWindow;
 use crate::error::StreamError;
 use crate::messages::{
@@ -24,6 +24,7 @@ use crate::protocol::framing::{Delimiting, Frame, Framer};
 use crate::protocol::request::{sign, Method, OAuthCredentials, StreamRequest};
 use crate::sink_actor::SinkHandle;
 use crate::stats::{ConnectionState, ConnectionStats};
+use crate::supervised::{AttemptEnd, SupervisedConnection};
 
 /// Everything one connection needs to connect and read.
 #[derive(Debug, Clone)]
@@ -62,20 +63,11 @@ pub struct LifecycleRecipients {
 /// One supervised streaming connection.
 pub struct StreamActor {
     spec: Arc<ConnectionSpec>,
-    backoff: Addr<BackoffActor>,
     sinks: Arc<[SinkHandle]>,
     lifecycle: LifecycleRecipients,
     stats: Arc<ConnectionStats>,
     dedup: Arc<DedupWindow>,
-    /// Asks the read loop to end between batches (a stop never cuts a delivery in half).
-    stop: Arc<tokio::sync::Notify>,
-    /// Woken when a connection attempt ends.
-    ended: Arc<tokio::sync::Notify>,
-    /// Why the previous attempt ended; kept across supervised restarts.
-    last_end: Option<(DisconnectCause, bool)>,
-    /// Failed for good or stopped: a restart must not reconnect.
-    done: bool,
-    connection: Option<SpawnHandle>,
+    supervised: SupervisedConnection,
 }
 
 impl StreamActor {
@@ -88,71 +80,26 @@ impl StreamActor {
         stats: Arc<ConnectionStats>,
         dedup: Arc<DedupWindow>,
     ) -> Self {
-        StreamActor {
-            spec: Arc::new(spec),
+        let supervised = SupervisedConnection::new(
+            spec.id.clone(),
+            stats.clone(),
             backoff,
-            sinks,
-            lifecycle,
-            stats,
-            dedup,
-            stop: Arc::new(tokio::sync::Notify::new()),
-            ended: Arc::new(tokio::sync::Notify::new()),
-            last_end: None,
-            done: false,
-            connection: None,
-        }
+            lifecycle.disconnected.clone(),
+            lifecycle.failed.clone(),
+        );
+        StreamActor { spec: Arc::new(spec), sinks, lifecycle, stats, dedup, supervised }
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
-        self.stats.set_state(ConnectionState::Connecting);
         let run = run_connection(
             self.spec.clone(),
             self.sinks.clone(),
             self.stats.clone(),
             self.lifecycle.clone(),
             self.dedup.clone(),
-            self.stop.clone(),
+            self.supervised.stop_signal(),
         );
-        let handle = ctx.spawn(run.into_actor(self).map(|end, act, ctx| act.connection_ended(end, ctx)));
-        self.connection = Some(handle);
-    }
-
-    fn connection_ended(&mut self, end: ConnectionEnd, ctx: &mut Context<Self>) {
-        self.connection = None;
-        self.ended.notify_waiters();
-        let id = self.spec.id.clone();
-        if self.done {
-            if self.stats.state() != ConnectionState::Failed {
-                self.stats.set_state(ConnectionState::Stopped);
-            }
-            return;
-        }
-        match end.result {
-            StreamError::Retryable(cause) => {
-                if cause == DisconnectCause::Stall {
-                    self.stats.set_state(ConnectionState::Stalled);
-                }
-                tracing::warn!(connection = %id, %cause, "connection ended; reconnecting after backoff");
-                self.stats.set_last_error(cause.to_string());
-                self.stats.counters().reconnect(cause.label());
-                self.lifecycle.disconnected.do_send(StreamDisconnected { connection: id, cause: cause.clone() });
-                self.last_end = Some((cause, end.healthy));
-                // Stopping hands the restart to actix supervision.
-                ctx.stop();
-            }
-            StreamError::Fatal { reason } => {
-                tracing::error!(connection = %id, %reason, "connection failed for good; not retrying");
-                self.done = true;
-                self.stats.set_last_error(reason.clone());
-                self.stats.set_state(ConnectionState::Failed);
-                self.lifecycle.failed.do_send(StreamFailed { connection: id, reason });
-            }
-            StreamError::Finished { reason } => {
-                tracing::info!(connection = %id, %reason, "stream finished");
-                self.done = true;
-                self.stats.set_state(ConnectionState::Stopped);
-            }
-        }
+        self.supervised.start_attempt(ctx, run, |act, end, ctx| act.supervised.attempt_ended(end, ctx));
     }
 }
 
@@ -160,34 +107,13 @@ impl Actor for StreamActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.done {
-            return;
-        }
-        let (cause, was_healthy) = match self.last_end.take() {
-            Some((cause, healthy)) => (Some(cause), healthy),
-            None => (None, false),
-        };
-        if cause.is_some() {
-            self.stats.set_state(ConnectionState::BackingOff);
-        }
-        let plan = PlanAttempt { connection: self.spec.id.clone(), cause, was_healthy };
-        self.backoff
-            .send(plan)
-            .into_actor(self)
-            .map(|wait, act, ctx| {
-                let wait = wait.unwrap_or(Duration::from_secs(1));
-                tracing::debug!(connection = %act.spec.id, wait_ms = wait.as_millis() as u64, "next attempt scheduled");
-                ctx.run_later(wait, |act, ctx| act.connect(ctx));
-            })
-            .spawn(ctx);
+        self.supervised.schedule(ctx, Self::connect);
     }
 }
 
 impl Supervised for StreamActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        if !self.done {
-            self.stats.add_reconnect();
-        }
+        self.supervised.restarting();
     }
 }
 
@@ -208,34 +134,9 @@ impl Handler<StopStream> for StreamActor {
     /// Ends the connection after the batch in hand is delivered; answered
     /// when it has ended (bounded), so a graceful stop flushes sinks after it.
     fn handle(&mut self, _: StopStream, ctx: &mut Context<Self>) -> Self::Result {
-        self.done = true;
-        if self.connection.is_none() {
-            if self.stats.state() != ConnectionState::Failed {
-                self.stats.set_state(ConnectionState::Stopped);
-            }
-            // Backing off: pending timers die with the context.
-            ctx.stop();
-            return Box::pin(async {});
-        }
-        let ended = self.ended.clone().notified_owned();
-        self.stop.notify_one();
-        Box::pin(async move {
-            if tokio::time::timeout(STOP_GRACE, ended).await.is_err() {
-                tracing::warn!("a connection did not end within the stop grace period");
-            }
-        })
+        self.supervised.stop(ctx)
     }
 }
-
-/// How one connection attempt ended.
-struct ConnectionEnd {
-    result: StreamError,
-    /// It streamed for at least `reset_after`.
-    healthy: bool,
-}
-
-/// How long a stop waits for the batch in hand to reach the sinks.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 const FATAL_STATUSES: [u16; 7] = [401, 403, 404, 406, 413, 416, 422];
 const LOG_SNIPPET: usize = 200;
@@ -247,11 +148,10 @@ async fn run_connection(
     lifecycle: LifecycleRecipients,
     dedup: Arc<DedupWindow>,
     stop: Arc<tokio::sync::Notify>,
-) -> ConnectionEnd {
+) -> AttemptEnd {
     let mut connected_at = None;
     let result = read_stream(&spec, &sinks, &stats, &lifecycle, &dedup, &stop, &mut connected_at).await;
-    let healthy = connected_at.is_some_and(|t: Instant| t.elapsed() >= spec.reset_after);
-    ConnectionEnd { result, healthy }
+    AttemptEnd::new(result, connected_at, spec.reset_after)
 }
 
 async fn read_stream(
