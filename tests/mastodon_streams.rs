@@ -251,8 +251,8 @@ async fn silence_past_the_stall_timeout_reconnects_and_catches_up() {
             attempts: vec![AttemptScript { silence_after: Some(5), silence_ms: 5_000, ..Default::default() }],
             ..Default::default()
         };
-        // Heartbeats (SSE) and pings (WebSocket) every 100 ms keep a healthy
-        // stream alive well within the 400 ms stall timeout.
+        // Heartbeats every 100 ms keep a healthy SSE stream alive well within
+        // the 400 ms stall timeout (a quiet WebSocket is covered below).
         let sim = start_sim(scenario, 0, 100).await;
         let cfg = mastodon_config(&sim, transport, &["public"], "stall_timeout_s = 0.4");
         let running = start_service(&cfg).await;
@@ -413,6 +413,19 @@ async fn every_stream(transport: &str) {
     }
     let filters = envs.iter().find(|e| e.kind == "filters_changed").unwrap();
     assert_eq!(filters.payload, "null", "{transport}: filters_changed without a payload");
+    // Object payloads are the bytes the server sent, untouched.
+    let sent = sim.sent();
+    for e in &envs {
+        if ["update", "status.update", "notification", "conversation", "announcement", "announcement.reaction"]
+            .contains(&e.kind.as_str())
+        {
+            assert!(
+                sent.iter().any(|m| m.kind == e.kind && m.payload[..] == *e.payload.as_bytes()),
+                "{transport}: payload not byte for byte as sent: {:.300}",
+                e.line
+            );
+        }
+    }
     let unknown = envs.iter().find(|e| e.kind == "unknown").expect("unknown event kept");
     let v: serde_json::Value = serde_json::from_str(&unknown.payload).unwrap();
     assert_eq!(v["event"], "encrypted_message", "{transport}: the event name is kept: {}", unknown.line);
@@ -540,4 +553,121 @@ async fn a_thousand_hashtags_use_ten_websockets_and_changes_touch_only_their_con
     assert_eq!(e.stream, Some(vec!["hashtag".to_owned(), "New2".to_owned()]), "echoed as configured");
     let e = envs.iter().find(|e| e.id.as_ref() == Some(&p2.id)).unwrap();
     assert_eq!(e.stream, Some(vec!["hashtag".to_owned(), "x07".to_owned()]));
+}
+
+async fn start_sim_pinging(ping_ms: u64) -> SimHandle {
+    streamherd::simulator::start(streamherd::simulator::SimulatorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rate: 0,
+        record_sent: 10_000,
+        ws_ping_ms: ping_ms,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[actix_rt::test]
+async fn websocket_pings_are_answered_and_keep_a_quiet_stream_alive() {
+    // Pings every 50 ms; the server drops a client that misses one pong, and
+    // the client stalls after 300 ms without a frame: only answered pings
+    // keep this quiet connection up.
+    let sim = start_sim_pinging(50).await;
+    let cfg = mastodon_config(&sim, "websocket", &["public"], "stall_timeout_s = 0.3");
+    let running = start_service(&cfg).await;
+    wait_for(T, "twenty pongs", || sim.mastodon_ws_connections().first().is_some_and(|c| c.pongs >= 20)).await;
+    assert_eq!(sim.connections().len(), 1, "one connection, never dropped");
+    assert!(sim.mastodon_ws_connections()[0].open);
+    assert_eq!(connected(&running), 1);
+    let post = sim.mastodon_post(&[], true, false);
+    wait_written(&running, 1, "a status after a second of quiet").await;
+    stop_service(&running).await;
+    assert_eq!(updates(&read_envelopes(&cfg.data()))[0].id.as_deref(), Some(post.id.as_str()));
+}
+
+#[actix_rt::test]
+async fn a_refused_subscription_degrades_health_and_the_others_go_on() {
+    let sim = start_sim(Scenario::default(), 0, 1000).await;
+    let cfg = mastodon_config(&sim, "websocket", &["public", "list:999"], "");
+    let running = start_service(&cfg).await;
+    let health = || async { running.supervisor.send(streamherd_actors::control_messages::GetHealth).await.unwrap() };
+    let start = std::time::Instant::now();
+    let refused = loop {
+        let h = health().await;
+        if let Some((_, why)) = h[0].failed.first() {
+            break why.clone();
+        }
+        assert!(start.elapsed() < T, "no refusal reported");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(refused.contains("401") && refused.contains("Not authorized to stream this list"), "{refused}");
+    let snap = &running.stats.snapshots()[0];
+    assert_eq!(snap.state, ConnectionState::Connected, "the connection goes on");
+    assert!(snap.last_error.as_deref().unwrap_or("").contains("Not authorized"), "{:?}", snap.last_error);
+    let post = sim.mastodon_post(&["rust"], true, false);
+    wait_written(&running, 1, "public still streams").await;
+    stop_service(&running).await;
+    assert_eq!(updates(&read_envelopes(&cfg.data()))[0].id.as_deref(), Some(post.id.as_str()));
+}
+
+#[actix_rt::test]
+async fn a_revoked_token_ends_the_stream_and_the_401_on_reconnect_is_final() {
+    for transport in ["sse", "websocket"] {
+        let sim = start_sim(Scenario::default(), 0, 1000).await;
+        let cfg = mastodon_config(&sim, transport, &["user"], "");
+        let running = start_service(&cfg).await;
+        wait_for(T, "connected", || connected(&running) == 1).await;
+        assert!(sim.mastodon_revoke(DEMO_MASTODON_TOKEN));
+        wait_for(T, "failed", || running.stats.snapshots()[0].state == ConnectionState::Failed).await;
+        let log = sim.connections();
+        assert_eq!(log.len(), 2, "{transport}: the stream, then one refused reconnect");
+        assert_eq!(log[0].end, "revoked", "{transport}");
+        assert_eq!(log[1].status, 401, "{transport}");
+        stop_service(&running).await;
+    }
+}
+
+#[actix_rt::test]
+async fn many_streams_of_one_websocket_catch_up_each_with_their_own_gap_event() {
+    let scenario = Scenario {
+        attempts: vec![
+            AttemptScript { close_after: Some(10), ..Default::default() },
+            AttemptScript { status: Some(503), ..Default::default() },
+            AttemptScript { status: Some(503), ..Default::default() },
+        ],
+        ..Default::default()
+    };
+    let sim = start_sim(scenario, 0, 1000).await;
+    let tags: Vec<String> = (0..10).map(|i| format!("tag{i}")).collect();
+    let streams: Vec<String> = tags.iter().map(|t| format!("hashtag:{t}")).collect();
+    let refs: Vec<&str> = streams.iter().map(String::as_str).collect();
+    let cfg = mastodon_config(&sim, "websocket", &refs, "");
+    let running = start_service(&cfg).await;
+    wait_for(T, "ten subscriptions", || {
+        sim.mastodon_ws_connections().first().is_some_and(|c| c.subscriptions.len() == 10)
+    })
+    .await;
+    // One status per tag: every stream has a position; the tenth event ends attempt 0.
+    for t in &tags {
+        sim.mastodon_post(&[t.as_str()], true, false);
+    }
+    wait_for(T, "the drop", || sim.connections().len() >= 2).await;
+    let mut missed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in 0..300 {
+        let t = &tags[i % 10];
+        missed.entry(t.clone()).or_default().push(sim.mastodon_post(&[t.as_str()], i % 2 == 0, false).id);
+    }
+    wait_written(&running, 10 + 300 + 10, "every stream caught up").await;
+    stop_service(&running).await;
+    let envs = read_envelopes(&cfg.data());
+    for t in &tags {
+        let on: Vec<&Envelope> =
+            envs.iter().filter(|e| e.stream.as_ref().is_some_and(|s| s[0] == "hashtag" && &s[1] == t)).collect();
+        let ids: Vec<String> = on.iter().filter(|e| e.kind == "update").skip(1).filter_map(|e| e.id.clone()).collect();
+        assert_eq!(ids, missed[t], "{t}: the missed 30 once, in id order");
+        let gap: Vec<serde_json::Value> =
+            on.iter().filter(|e| e.kind == "gap").map(|e| serde_json::from_str(&e.payload).unwrap()).collect();
+        assert_eq!(gap.len(), 1, "{t}");
+        assert_eq!(gap[0]["recovered"], 30, "{t}");
+    }
 }

@@ -4,7 +4,7 @@
 //! after any gap, catches up over REST: what was missed is written in id
 //! order, de-duplicated against the live stream, followed by a `gap` event.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -252,6 +252,8 @@ const FATAL_STATUSES: [u16; 9] = [400, 401, 403, 404, 406, 410, 413, 416, 422];
 /// they are written as they come and catch-up merges (never blocks reading,
 /// so WebSocket pings are always answered).
 const PENDING_LIMIT: usize = 10_000;
+/// REST catch-ups one connection runs at once; the others queue.
+const MAX_CONCURRENT_CATCH_UPS: usize = 4;
 /// Live ids remembered per stream while its catch-up runs.
 const MAX_LIVE_IDS: usize = 100_000;
 /// How long the ids a catch-up recovered are kept to drop a late live copy.
@@ -594,11 +596,30 @@ struct Demux<'a> {
     slots: HashMap<String, Slot>,
     generation: u64,
     catch_ups: FuturesUnordered<LocalBoxFuture<'static, CatchUpDone>>,
+    /// Catch-ups waiting for a free slot (futures do nothing until polled).
+    queued: VecDeque<LocalBoxFuture<'static, CatchUpDone>>,
 }
 
 impl<'a> Demux<'a> {
     fn new(conn: &'a Conn, client: awc::Client) -> Self {
-        Demux { conn, client, slots: HashMap::new(), generation: 0, catch_ups: FuturesUnordered::new() }
+        Demux {
+            conn,
+            client,
+            slots: HashMap::new(),
+            generation: 0,
+            catch_ups: FuturesUnordered::new(),
+            queued: VecDeque::new(),
+        }
+    }
+
+    /// Runs at most `MAX_CONCURRENT_CATCH_UPS` at once: a reconnect of a
+    /// connection carrying hundreds of streams must not fire hundreds of REST
+    /// calls together.
+    fn run_catch_ups(&mut self) {
+        while self.catch_ups.len() < MAX_CONCURRENT_CATCH_UPS {
+            let Some(next) = self.queued.pop_front() else { break };
+            self.catch_ups.push(next);
+        }
     }
 
     /// New streams on this connection. `after_connect`: they may have a gap
@@ -644,7 +665,7 @@ impl<'a> Demux<'a> {
                             let client = self.client.clone();
                             let generation = slot.generation;
                             let k = key.clone();
-                            self.catch_ups.push(
+                            self.queued.push_back(
                                 async move {
                                     let result = fetch_since(&client, &request).await;
                                     (k, generation, result)
@@ -691,6 +712,7 @@ impl<'a> Demux<'a> {
             self.conn.stats.set_streams(self.stream_names_with(&slot));
             self.slots.insert(key, slot);
         }
+        self.run_catch_ups();
         if !gaps_without_catch_up.is_empty() {
             // Reported without waiting: nothing to merge them with.
             let sinks = self.conn.sinks.clone();
@@ -845,6 +867,7 @@ impl<'a> Demux<'a> {
     /// A catch-up finished: writes what it recovered in id order (minus what
     /// the live stream already wrote), then what was held back, then the gap event.
     async fn catch_up_done(&mut self, (key, generation, result): CatchUpDone) {
+        self.run_catch_ups();
         let Some(slot) = self.slots.get_mut(&key).filter(|s| s.generation == generation) else { return };
         let Some(cu) = slot.catching_up.take() else { return };
         let kind = Self::tracked_kind(&slot.stream);
