@@ -493,7 +493,11 @@ impl WsConn {
                 if sent && !matches!(why, "client closed" | "server stop") {
                     self.await_close().await;
                 }
-                self.drop_connection(DropConnection { reset: false, why });
+                // A client that closed first closes its TCP side itself: the
+                // body just ends, without the error actix would log.
+                if why != "client closed" {
+                    self.drop_connection(DropConnection { reset: false, why });
+                }
             }
             // The client is gone: the body just ends.
             End::Gone(_) => {}
