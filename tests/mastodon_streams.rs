@@ -671,3 +671,30 @@ async fn many_streams_of_one_websocket_catch_up_each_with_their_own_gap_event() 
         assert_eq!(gap[0]["recovered"], 30, "{t}");
     }
 }
+
+#[actix_rt::test]
+async fn sse_stream_changes_open_and_close_only_their_connections() {
+    let sim = start_sim(Scenario::default(), 0, 1000).await;
+    let port = free_port();
+    let cfg = mastodon_config_with(&sim, "sse", &["public"], "", &format!("[control]\nlisten = \"127.0.0.1:{port}\""));
+    let running = start_service(&cfg).await;
+    wait_for(T, "connected", || connected(&running) == 1).await;
+    rewrite_streams(&cfg, &["public".into(), "user".into()]);
+    let answer = post_update(port).await;
+    assert_eq!(answer["sources"]["fedi"]["added"], 1, "{answer}");
+    wait_for(T, "a second connection", || connected(&running) == 2).await;
+    rewrite_streams(&cfg, &["user".into()]);
+    post_update(port).await;
+    wait_for(T, "the public connection closed", || {
+        sim.connections().iter().filter(|c| c.closed_at.is_none()).count() == 1
+    })
+    .await;
+    let log = sim.connections();
+    assert_eq!(log.len(), 2, "nothing reconnected");
+    assert_eq!(log[0].path, "/api/v1/streaming/public");
+    assert!(log[0].closed_at.is_some());
+    assert_eq!(log[1].path, "/api/v1/streaming/user");
+    let rows = running.stats.snapshots();
+    assert_eq!(rows.iter().filter(|r| r.carries.streams == ["user"]).count(), 1, "{rows:?}");
+    stop_service(&running).await;
+}
