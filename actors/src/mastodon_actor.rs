@@ -30,7 +30,7 @@ use crate::protocol::sse::{SseItem, SseParser};
 use crate::resume::ResumeStore;
 use crate::sink_actor::SinkHandle;
 use crate::stats::{ConnectionState, ConnectionStats};
-use crate::supervised::{AttemptEnd, SupervisedConnection};
+use crate::supervised::{refusal, refusal_of, snippet, AttemptEnd, SupervisedConnection};
 
 /// How a Mastodon source connects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,7 +258,6 @@ const MAX_CONCURRENT_CATCH_UPS: usize = 4;
 const MAX_LIVE_IDS: usize = 100_000;
 /// How long the ids a catch-up recovered are kept to drop a late live copy.
 const CATCH_UP_LINGER: Duration = Duration::from_secs(60);
-const LOG_SNIPPET: usize = 200;
 
 /// What a live connection shares with its actor.
 struct Conn {
@@ -302,17 +301,6 @@ fn http_client(conn: &Conn) -> awc::Client {
         .finish()
 }
 
-/// The retry decision for a refused connection.
-fn refused(status: u16, retry_after: Option<Duration>, body: &str) -> StreamError {
-    if FATAL_STATUSES.contains(&status) {
-        return StreamError::Fatal { reason: format!("HTTP {status}: {body}") };
-    }
-    StreamError::Retryable(match status {
-        420 | 429 => DisconnectCause::RateLimited { status, retry_after },
-        _ => DisconnectCause::Http { status, retry_after },
-    })
-}
-
 async fn read_sse(conn: &Conn, connected_at: &mut Option<Instant>) -> StreamError {
     let spec = &conn.spec;
     let Some(stream) = wanted_streams(conn).into_iter().next() else {
@@ -339,12 +327,8 @@ async fn read_sse(conn: &Conn, connected_at: &mut Option<Instant>) -> StreamErro
         Ok(r) => r,
         Err(e) => return StreamError::Retryable(DisconnectCause::Network(e.to_string())),
     };
-    let status = response.status().as_u16();
-    if status != 200 {
-        let retry_after = retry_after(response.headers());
-        let body = read_error_body(&mut response).await;
-        tracing::warn!(connection = %spec.id, status, body = %body, "connection refused");
-        return refused(status, retry_after, &body);
+    if response.status().as_u16() != 200 {
+        return refusal(&spec.id, &mut response, &FATAL_STATUSES).await;
     }
     *connected_at = Some(Instant::now());
     on_connected(conn);
@@ -410,8 +394,7 @@ async fn read_websocket(conn: &Conn, connected_at: &mut Option<Instant>) -> Stre
         Err(_) => return StreamError::Retryable(DisconnectCause::Stall),
         Ok(Err(awc::error::WsClientError::InvalidResponseStatus(status))) => {
             let status = status.as_u16();
-            tracing::warn!(connection = %spec.id, status, "WebSocket upgrade refused");
-            return refused(status, None, "WebSocket upgrade refused");
+            return refusal_of(&spec.id, status, None, "WebSocket upgrade refused", &FATAL_STATUSES);
         }
         Ok(Err(e)) => return StreamError::Retryable(DisconnectCause::Network(e.to_string())),
         Ok(Ok((_, framed))) => framed,
@@ -993,40 +976,6 @@ struct GapReport {
     note: Option<String>,
 }
 
-fn retry_after(headers: &awc::http::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(awc::http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
-async fn read_error_body<S>(response: &mut awc::ClientResponse<S>) -> String
-where
-    S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
-{
-    let mut body = Vec::new();
-    let read = async {
-        while let Some(Ok(chunk)) = response.next().await {
-            body.extend_from_slice(&chunk);
-            if body.len() >= 2048 {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
-    snippet(&body)
-}
-
-fn snippet(bytes: &[u8]) -> String {
-    let cut = bytes.len().min(LOG_SNIPPET);
-    let mut s = String::from_utf8_lossy(&bytes[..cut]).into_owned();
-    if bytes.len() > cut {
-        s.push_str(&format!("… ({} bytes)", bytes.len()));
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1068,11 +1017,17 @@ mod tests {
     #[test]
     fn refusals_follow_the_reconnect_rules() {
         for status in [400, 401, 404] {
-            assert!(matches!(refused(status, None, ""), StreamError::Fatal { .. }), "{status}");
+            assert!(
+                matches!(refusal_of("c", status, None, "", &FATAL_STATUSES), StreamError::Fatal { .. }),
+                "{status}"
+            );
         }
-        assert!(matches!(refused(503, None, ""), StreamError::Retryable(DisconnectCause::Http { status: 503, .. })));
         assert!(matches!(
-            refused(429, None, ""),
+            refusal_of("c", 503, None, "", &FATAL_STATUSES),
+            StreamError::Retryable(DisconnectCause::Http { status: 503, .. })
+        ));
+        assert!(matches!(
+            refusal_of("c", 429, None, "", &FATAL_STATUSES),
             StreamError::Retryable(DisconnectCause::RateLimited { status: 429, .. })
         ));
     }

@@ -5,7 +5,6 @@
 //! connections concerned, and keeps the catch-up positions flushed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,12 +18,10 @@ use crate::mastodon_actor::{
 use crate::messages::{
     ChangeSubscriptions, StopStream, StreamConnected, StreamDisconnected, StreamFailed, SubscriptionRejected,
 };
-use crate::metrics::Metrics;
 use crate::protocol::mastodon_streams::MastodonStream;
 use crate::resume::ResumeStore;
-use crate::shard_planner::{PlanError, SourceFailed, StopSource};
-use crate::sink_actor::SinkHandle;
-use crate::stats::{Carries, ConnectionState, ConnectionStats, SourceCounters, StatsRegistry};
+use crate::shard_planner::{PlanError, PlannerContext, SourceFailed, StopSource};
+use crate::stats::{Carries, ConnectionState, ConnectionStats, SourceCounters};
 
 /// A validated Mastodon source.
 #[derive(Debug, Clone)]
@@ -55,23 +52,6 @@ pub struct MastodonSourceSpec {
     pub backoff: BackoffConfig,
 }
 
-/// What the planner needs from the process.
-#[derive(Clone)]
-pub struct MastodonPlannerContext {
-    /// Sinks every event is offered to.
-    pub sinks: Arc<[SinkHandle]>,
-    /// Metric families.
-    pub metrics: Metrics,
-    /// Where connection stats are listed.
-    pub stats: StatsRegistry,
-    /// Threads the stream actors are spread over.
-    pub arbiters: Vec<ArbiterHandle>,
-    /// Told when the source failed for good.
-    pub on_failed: Recipient<SourceFailed>,
-    /// Where stream positions are kept (`<state_dir>/<source>/mastodon.json`).
-    pub state_dir: PathBuf,
-}
-
 /// How often changed stream positions are written to `state_dir`.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// Subscription refusals kept for `/health`.
@@ -89,7 +69,7 @@ struct LiveConnection {
 /// Owns one Mastodon source's connections.
 pub struct MastodonPlanner {
     spec: MastodonSourceSpec,
-    ctx: MastodonPlannerContext,
+    ctx: PlannerContext,
     streaming_url: Option<String>,
     backoff: Option<Addr<BackoffActor>>,
     counters: Option<SourceCounters>,
@@ -105,7 +85,7 @@ pub struct MastodonPlanner {
 
 impl MastodonPlanner {
     /// A planner for a validated source.
-    pub fn new(spec: MastodonSourceSpec, ctx: MastodonPlannerContext) -> Self {
+    pub fn new(spec: MastodonSourceSpec, ctx: PlannerContext) -> Self {
         let streams = spec.streams.iter().map(|s| (s.key(), s.clone())).collect();
         MastodonPlanner {
             streaming_url: spec.streaming_url.clone(),

@@ -24,7 +24,7 @@ use crate::protocol::framing::{Delimiting, Frame, Framer};
 use crate::protocol::request::{sign, Method, OAuthCredentials, StreamRequest};
 use crate::sink_actor::SinkHandle;
 use crate::stats::{ConnectionState, ConnectionStats};
-use crate::supervised::{AttemptEnd, SupervisedConnection};
+use crate::supervised::{refusal, snippet, AttemptEnd, SupervisedConnection};
 
 /// Everything one connection needs to connect and read.
 #[derive(Debug, Clone)]
@@ -139,7 +139,6 @@ impl Handler<StopStream> for StreamActor {
 }
 
 const FATAL_STATUSES: [u16; 7] = [401, 403, 404, 406, 413, 416, 422];
-const LOG_SNIPPET: usize = 200;
 
 async fn run_connection(
     spec: Arc<ConnectionSpec>,
@@ -190,24 +189,8 @@ async fn read_stream(
         Ok(r) => r,
         Err(e) => return StreamError::Retryable(DisconnectCause::Network(e.to_string())),
     };
-    let status = response.status().as_u16();
-    if status != 200 {
-        let retry_after = response
-            .headers()
-            .get(awc::http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        if FATAL_STATUSES.contains(&status) {
-            let body = read_error_body(&mut response).await;
-            return StreamError::Fatal { reason: format!("HTTP {status}: {body}") };
-        }
-        let body = read_error_body(&mut response).await;
-        tracing::warn!(connection = %spec.id, status, body = %body, "connection refused");
-        return StreamError::Retryable(match status {
-            420 | 429 => DisconnectCause::RateLimited { status, retry_after },
-            _ => DisconnectCause::Http { status, retry_after },
-        });
+    if response.status().as_u16() != 200 {
+        return refusal(&spec.id, &mut response, &FATAL_STATUSES).await;
     }
 
     *connected_at = Some(Instant::now());
@@ -328,33 +311,6 @@ fn disconnect_decision(code: Option<u32>, payload: &Bytes) -> StreamError {
         Some(code) => StreamError::Retryable(DisconnectCause::DisconnectMessage { code }),
         None => StreamError::Retryable(DisconnectCause::DisconnectMessage { code: 0 }),
     }
-}
-
-async fn read_error_body<S>(response: &mut awc::ClientResponse<S>) -> String
-where
-    S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
-{
-    let mut body = Vec::new();
-    let read = async {
-        while let Some(Ok(chunk)) = response.next().await {
-            body.extend_from_slice(&chunk);
-            if body.len() >= 2048 {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
-    snippet(&body)
-}
-
-/// The first bytes of a message, lossily decoded, for logs.
-fn snippet(bytes: &[u8]) -> String {
-    let cut = bytes.len().min(LOG_SNIPPET);
-    let mut s = String::from_utf8_lossy(&bytes[..cut]).into_owned();
-    if bytes.len() > cut {
-        s.push_str(&format!("… ({} bytes)", bytes.len()));
-    }
-    s
 }
 
 #[cfg(test)]

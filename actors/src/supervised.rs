@@ -13,6 +13,9 @@ use crate::error::StreamError;
 use crate::messages::{DisconnectCause, StreamDisconnected, StreamFailed};
 use crate::stats::{ConnectionState, ConnectionStats};
 
+/// Log excerpts of messages and response bodies are cut at this many bytes.
+const LOG_SNIPPET: usize = 200;
+
 /// How long a stop waits for the batch in hand to reach the sinks.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -190,4 +193,69 @@ impl SupervisedConnection {
             }
         })
     }
+}
+
+/// What a response other than 200 means for the connection: a `fatal`
+/// status is final (the reason carries the body); 420/429 back off on the
+/// rate-limit schedule, anything else on the HTTP one (`Retry-After` kept).
+pub async fn refusal<S>(connection: &str, response: &mut awc::ClientResponse<S>, fatal: &[u16]) -> StreamError
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(awc::http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = read_error_body(response).await;
+    refusal_of(connection, status, retry_after, &body, fatal)
+}
+
+/// [`refusal`] once the status, `Retry-After` and body are known.
+pub fn refusal_of(
+    connection: &str,
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &str,
+    fatal: &[u16],
+) -> StreamError {
+    if fatal.contains(&status) {
+        return StreamError::Fatal { reason: format!("HTTP {status}: {body}") };
+    }
+    tracing::warn!(connection, status, body = %body, "connection refused");
+    StreamError::Retryable(match status {
+        420 | 429 => DisconnectCause::RateLimited { status, retry_after },
+        _ => DisconnectCause::Http { status, retry_after },
+    })
+}
+
+/// The first 2 KiB of an error body, waiting at most 2 s, as a log snippet.
+async fn read_error_body<S>(response: &mut awc::ClientResponse<S>) -> String
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let mut body = Vec::new();
+    let read = async {
+        while let Some(Ok(chunk)) = response.next().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= 2048 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+    snippet(&body)
+}
+
+/// The first bytes of a message, lossily decoded, for logs.
+pub fn snippet(bytes: &[u8]) -> String {
+    let cut = bytes.len().min(LOG_SNIPPET);
+    let mut s = String::from_utf8_lossy(&bytes[..cut]).into_owned();
+    if bytes.len() > cut {
+        s.push_str(&format!("… ({} bytes)", bytes.len()));
+    }
+    s
 }

@@ -14,7 +14,7 @@ use crate::control_messages::{
     FollowsChanged, GetHealth, GetPlanner, GetSourceHealth, PlannerAddr, ReloadPredicates, SourceHealth,
     SourcePredicates,
 };
-use crate::mastodon_planner::{MastodonPlanner, MastodonPlannerContext, MastodonSourceSpec};
+use crate::mastodon_planner::{MastodonPlanner, MastodonSourceSpec};
 use crate::metrics::Metrics;
 use crate::shard_planner::{PlannerContext, ShardPlanner, SourceFailed, SourceSpec, StopSource};
 use crate::sink_actor::SinkHandle;
@@ -153,27 +153,20 @@ impl Actor for StreamSupervisor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.arbiters = (0..self.stream_threads.max(1)).map(|_| Arbiter::new()).collect();
         let handles: Vec<ArbiterHandle> = self.arbiters.iter().map(|a| a.handle()).collect();
+        let pctx = PlannerContext {
+            sinks: self.sinks.clone(),
+            metrics: self.metrics.clone(),
+            stats: self.stats.clone(),
+            arbiters: handles,
+            on_failed: ctx.address().recipient(),
+            state_dir: self.state_dir.clone(),
+        };
         for spec in self.sources.clone() {
-            let pctx = PlannerContext {
-                sinks: self.sinks.clone(),
-                metrics: self.metrics.clone(),
-                stats: self.stats.clone(),
-                arbiters: handles.clone(),
-                on_failed: ctx.address().recipient(),
-                state_dir: self.state_dir.clone(),
-            };
-            self.planners.insert(spec.name.to_string(), PlannerAddr::Twitter(ShardPlanner::new(spec, pctx).start()));
+            let planner = ShardPlanner::new(spec.clone(), pctx.clone()).start();
+            self.planners.insert(spec.name.to_string(), PlannerAddr::Twitter(planner));
         }
         for spec in self.mastodon_sources.clone() {
-            let pctx = MastodonPlannerContext {
-                sinks: self.sinks.clone(),
-                metrics: self.metrics.clone(),
-                stats: self.stats.clone(),
-                arbiters: handles.clone(),
-                on_failed: ctx.address().recipient(),
-                state_dir: self.state_dir.clone(),
-            };
-            let planner = MastodonPlanner::new(spec.clone(), pctx).start();
+            let planner = MastodonPlanner::new(spec.clone(), pctx.clone()).start();
             self.planners.insert(spec.name.to_string(), PlannerAddr::Mastodon(planner));
         }
         if !self.stats_interval.is_zero() {

@@ -869,17 +869,7 @@ async fn stream(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let revoked = shared.mastodon.revocations();
     let auth = shared.mastodon.check_token(token.as_deref());
     let (attempt, script) = shared.next_attempt();
-    let log = |status: u16, auth_ok: bool| {
-        ConnSlot::new(
-            attempt,
-            req.method().as_str().to_string(),
-            req.path().to_string(),
-            visible.clone(),
-            auth_ok,
-            status,
-            opened_at,
-        )
-    };
+    let log = |status: u16, auth_ok: bool| ConnSlot::for_request(&req, attempt, &visible, auth_ok, status, opened_at);
     if let Err(message) = auth {
         shared.open(log(401, false)).finish("status");
         return error_json(401, message, None);

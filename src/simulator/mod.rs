@@ -529,6 +529,26 @@ pub(crate) struct ConnSlot {
 }
 
 impl ConnSlot {
+    /// The record of streaming request `req`, with its visible parameters.
+    pub(crate) fn for_request(
+        req: &actix_web::HttpRequest,
+        attempt: u64,
+        visible: &BTreeMap<String, String>,
+        auth_ok: bool,
+        status: u16,
+        opened_at: Instant,
+    ) -> ConnSlot {
+        ConnSlot::new(
+            attempt,
+            req.method().as_str().to_string(),
+            req.path().to_string(),
+            visible.clone(),
+            auth_ok,
+            status,
+            opened_at,
+        )
+    }
+
     pub(crate) fn new(
         attempt: u64,
         method: String,

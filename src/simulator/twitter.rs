@@ -214,17 +214,7 @@ fn open_stream(req: HttpRequest, body: &[u8], shared: web::Data<Shared>, kind: S
     let auth = check_auth(&req, &params, &shared.credentials);
     let (attempt, script) = shared.next_attempt();
     let visible = super::visible_params(&params, |k| k.starts_with("oauth_"));
-    let log = |status: u16, auth_ok: bool| {
-        ConnSlot::new(
-            attempt,
-            req.method().as_str().to_string(),
-            req.path().to_string(),
-            visible.clone(),
-            auth_ok,
-            status,
-            opened_at,
-        )
-    };
+    let log = |status: u16, auth_ok: bool| ConnSlot::for_request(&req, attempt, &visible, auth_ok, status, opened_at);
 
     if let Err(why) = auth {
         tracing::debug!(attempt, path = req.path(), reason = ?why, "simulator refused a signature");
