@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use streamherd::simulator::{self, AttemptScript, Scenario, SimCredentials, SimHandle, SimulatorConfig};
 use streamherd_actors::metrics::Metrics;
 use streamherd_actors::protocol::request::{sign, twitter_request, OAuthCredentials, TwitterEndpoint, TwitterQuery};
 use streamherd_actors::sinks::SinkRegistry;
 use streamherd_actors::supervisor::Shutdown;
+use streamherd_sim::{self as simulator, AttemptScript, Scenario, SimCredentials, SimHandle, SimulatorConfig};
 
 const MESSAGES: u64 = 100_000;
 const ROUNDS: usize = 3;

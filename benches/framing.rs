@@ -2,9 +2,9 @@
 //! stream body, against a plain CRLF split of the same bytes as the baseline.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use streamherd::simulator::payloads::Corpus;
 use streamherd_actors::protocol::classify::classify_twitter;
 use streamherd_actors::protocol::framing::{Delimiting, Frame, Framer};
+use streamherd_sim::payloads::Corpus;
 
 fn body(n: usize) -> Vec<u8> {
     let corpus = Corpus::new();

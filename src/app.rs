@@ -19,7 +19,8 @@ use streamherd_actors::stats::StatsRegistry;
 use streamherd_actors::supervisor::{ReloadHook, Shutdown, StreamSupervisor};
 
 use crate::config::{Config, ConfigError, ValidSource};
-use crate::simulator::{self, SimCredentials, SimHandle, SimulatorConfig};
+#[cfg(feature = "simulator")]
+use streamherd_sim::{self as simulator, SimCredentials, SimHandle, SimulatorConfig};
 
 /// Everything a running service holds on to.
 pub struct Running {

@@ -4,4 +4,3 @@
 pub mod app;
 pub mod config;
 pub mod control;
-pub mod simulator;

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use streamherd::app;
 use streamherd::config::{self, LogFormat};
-use streamherd::simulator::{self, Scenario, SimCredentials, SimulatorConfig};
 use streamherd_actors::sinks::SinkRegistry;
+use streamherd_sim::{self as simulator, Scenario, SimCredentials, SimulatorConfig};
 
 #[derive(Parser)]
 #[command(

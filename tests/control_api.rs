@@ -15,7 +15,7 @@ use common::*;
 use serde_json::{json, Value};
 use streamherd::app::Running;
 use streamherd::control::{self, ControlContext, ControlServer};
-use streamherd::simulator::{Scenario, SimHandle};
+use streamherd_sim::{Scenario, SimHandle};
 
 const T: Duration = Duration::from_secs(20);
 const TOKEN: &str = "s3cret-control-token";

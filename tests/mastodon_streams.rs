@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
-use streamherd::simulator::{AttemptScript, Scenario, SimHandle, DEMO_MASTODON_TOKEN};
 use streamherd_actors::metrics::Metrics;
 use streamherd_actors::stats::ConnectionState;
+use streamherd_sim::{AttemptScript, Scenario, SimHandle, DEMO_MASTODON_TOKEN};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -444,7 +444,7 @@ async fn every_stream_and_event_kind_over_websocket() {
 }
 
 /// Connection info of the simulator's WebSocket that carries `key`.
-fn ws_carrying(sim: &SimHandle, key: &str) -> streamherd::simulator::MastodonWsInfo {
+fn ws_carrying(sim: &SimHandle, key: &str) -> streamherd_sim::MastodonWsInfo {
     sim.mastodon_ws_connections()
         .into_iter()
         .find(|c| c.open && c.subscriptions.iter().any(|s| s == key))
@@ -556,7 +556,7 @@ async fn a_thousand_hashtags_use_ten_websockets_and_changes_touch_only_their_con
 }
 
 async fn start_sim_pinging(ping_ms: u64) -> SimHandle {
-    streamherd::simulator::start(streamherd::simulator::SimulatorConfig {
+    streamherd_sim::start(streamherd_sim::SimulatorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         rate: 0,
         record_sent: 10_000,

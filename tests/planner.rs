@@ -11,10 +11,10 @@ use std::time::Duration;
 use actix::Addr;
 use common::*;
 use streamherd::app::Running;
-use streamherd::simulator::{AttemptScript, Scenario, SimHandle};
 use streamherd_actors::control_messages::{ChangeFollows, Consolidate, GetPlanner};
 use streamherd_actors::metrics::Metrics;
 use streamherd_actors::shard_planner::ShardPlanner;
+use streamherd_sim::{AttemptScript, Scenario, SimHandle};
 
 const T: Duration = Duration::from_secs(30);
 

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use streamherd::simulator::{AttemptScript, Scenario, Split};
+use streamherd_sim::{AttemptScript, Scenario, Split};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamherd");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use streamherd::app::{self, Running};
 use streamherd::config;
-use streamherd::simulator::{self, Scenario, SimCredentials, SimHandle, SimulatorConfig};
 use streamherd_actors::sinks::SinkRegistry;
 use streamherd_actors::supervisor::Shutdown;
+use streamherd_sim::{self as simulator, Scenario, SimCredentials, SimHandle, SimulatorConfig};
 
 /// Starts a simulator with the demo credentials and a record of what it sent.
 pub async fn start_sim(scenario: Scenario, rate: u32, keepalive_ms: u64) -> SimHandle {

@@ -1520,7 +1520,7 @@ pub(crate) fn disconnect_reason(code: u32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::scenario::AttemptScript;
+    use crate::scenario::AttemptScript;
 
     fn gen(stream: StreamKind) -> Generator {
         Generator::new(GeneratorOptions {
