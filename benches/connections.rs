@@ -7,8 +7,7 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use streamherd_actors::sinks::SinkRegistry;
-use streamherd_actors::stats::ConnectionState;
+use streamherd_actors::connection::stats::ConnectionState;
 use streamherd_actors::supervisor::Shutdown;
 
 const CONNECTIONS: usize = 1000;
@@ -104,10 +103,10 @@ fsync = "never"
     streamherd::app::install_crypto();
     let system = actix_rt::System::new();
     system.block_on(async {
-        let config = streamherd::config::load(&config, &SinkRegistry::builtin()).unwrap();
+        let config = streamherd::config::load(&config, &streamherd::Registries::builtin()).unwrap();
         let rss_before = status_kb(&me, "VmRSS:");
         let started = Instant::now();
-        let running = streamherd::app::start_embedded(&config, &SinkRegistry::builtin()).await.unwrap();
+        let running = streamherd::app::start_embedded(&config, &streamherd::Registries::builtin()).await.unwrap();
         let connected = || {
             running
                 .stats

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use streamherd_actors::metrics::Metrics;
-use streamherd_actors::protocol::request::{sign, twitter_request, OAuthCredentials, TwitterEndpoint, TwitterQuery};
-use streamherd_actors::sinks::SinkRegistry;
+use streamherd_actors::twitter::request::{sign, twitter_request, OAuthCredentials, TwitterEndpoint, TwitterQuery};
+
 use streamherd_actors::supervisor::Shutdown;
 use streamherd_sim::{self as simulator, AttemptScript, Scenario, SimCredentials, SimHandle, SimulatorConfig};
 
@@ -89,9 +89,9 @@ fsync = "never"
         ),
     )
     .unwrap();
-    let config = streamherd::config::load(&path, &SinkRegistry::builtin()).unwrap();
+    let config = streamherd::config::load(&path, &streamherd::Registries::builtin()).unwrap();
     let start = Instant::now();
-    let running = streamherd::app::start_embedded(&config, &SinkRegistry::builtin()).await.unwrap();
+    let running = streamherd::app::start_embedded(&config, &streamherd::Registries::builtin()).await.unwrap();
     let written = running.metrics.sink_events_total.get_or_create(&Metrics::sink("archive"));
     while written.get() < MESSAGES {
         assert!(start.elapsed() < Duration::from_secs(300), "bench did not finish");

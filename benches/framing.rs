@@ -2,8 +2,8 @@
 //! stream body, against a plain CRLF split of the same bytes as the baseline.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use streamherd_actors::protocol::classify::classify_twitter;
-use streamherd_actors::protocol::framing::{Delimiting, Frame, Framer};
+use streamherd_actors::twitter::classify::classify_twitter;
+use streamherd_actors::twitter::framing::{Delimiting, Frame, Framer};
 use streamherd_sim::payloads::Corpus;
 
 fn body(n: usize) -> Vec<u8> {

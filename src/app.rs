@@ -1,6 +1,7 @@
-//! Starts everything in order — simulator (when embedded), sinks, the
-//! `StreamSupervisor` with its planners, signal handling — and owns the stop:
-//! streams close first, then every sink drains and flushes.
+//! Starts everything in order — the embedded simulator (when enabled),
+//! sinks, the `StreamSupervisor` with every source, the control API, signal
+//! handling — and owns the stop: streams close first, then every sink
+//! drains and flushes. Also `probe`: one source for a while, counted.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,25 +10,20 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use anyhow::Context as _;
-use streamherd_actors::mastodon_planner::{discover_streaming_url, streaming_health, MastodonSourceSpec};
-use streamherd_actors::messages::EventKind;
+use streamherd_actors::connection::stats::StatsRegistry;
 use streamherd_actors::metrics::{Metrics, SourceKindLabels};
-use streamherd_actors::shard_planner::SourceSpec;
-use streamherd_actors::sink_actor::{start_sink, SinkHandle};
-use streamherd_actors::sinks::SinkRegistry;
-use streamherd_actors::stats::StatsRegistry;
+use streamherd_actors::sinks::runtime::{start_sink, SinkHandle};
 use streamherd_actors::supervisor::{ReloadHook, Shutdown, StreamSupervisor};
 
-use crate::config::{Config, ConfigError, ValidSource};
-#[cfg(feature = "simulator")]
-use streamherd_sim::{self as simulator, SimCredentials, SimHandle, SimulatorConfig};
+use crate::config::{Config, ConfigError, Registries};
+use crate::sim;
 
 /// Everything a running service holds on to.
 pub struct Running {
     /// The top actor; send it [`Shutdown`] to stop.
     pub supervisor: Addr<StreamSupervisor>,
     /// The embedded simulator, when enabled.
-    pub simulator: Option<SimHandle>,
+    pub simulator: Option<sim::Embedded>,
     /// Metric families.
     pub metrics: Metrics,
     /// Per-connection stats.
@@ -41,66 +37,10 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The config's sources, by family.
-pub fn split_sources(config: &Config) -> (Vec<SourceSpec>, Vec<MastodonSourceSpec>) {
-    let (mut twitter, mut mastodon) = (Vec::new(), Vec::new());
-    for s in &config.sources {
-        match s {
-            ValidSource::Twitter(spec) => twitter.push((**spec).clone()),
-            ValidSource::Mastodon(spec) => mastodon.push((**spec).clone()),
-        }
-    }
-    (twitter, mastodon)
-}
-
-/// Starts the embedded simulator when `[simulator] enabled = true`. It
-/// accepts the demo credentials and every credential the config names.
-pub async fn start_simulator(config: &Config) -> anyhow::Result<Option<SimHandle>> {
-    if !config.simulator.enabled {
-        return Ok(None);
-    }
-    let listen: SocketAddr = config.simulator.listen.parse().context("simulator.listen")?;
-    let scenario = match &config.simulator.scenario {
-        Some(path) => simulator::Scenario::from_file(path).map_err(|e| anyhow::anyhow!("simulator.scenario: {e}"))?,
-        None => simulator::Scenario::default(),
-    };
-    let mut credentials = vec![SimCredentials::demo()];
-    let mut mastodon_tokens = vec![simulator::DEMO_MASTODON_TOKEN.to_string()];
-    for src in &config.sources {
-        match src {
-            ValidSource::Twitter(spec) => {
-                for c in &spec.credentials {
-                    credentials.push(SimCredentials {
-                        consumer_key: c.consumer_key.clone(),
-                        consumer_secret: c.consumer_secret.clone(),
-                        token: c.token.clone(),
-                        token_secret: c.token_secret.clone(),
-                    });
-                }
-            }
-            ValidSource::Mastodon(spec) => mastodon_tokens.push(spec.token.expose().to_owned()),
-        }
-    }
-    let sim = simulator::start(SimulatorConfig {
-        listen,
-        rate: config.simulator.rate,
-        keepalive_ms: config.simulator.keepalive_ms,
-        credentials,
-        scenario,
-        record_sent: 0,
-        mastodon_tokens,
-        ..SimulatorConfig::default()
-    })
-    .await
-    .with_context(|| format!("starting the simulator on {listen}"))?;
-    tracing::info!(addr = %sim.addr(), "embedded simulator listening");
-    Ok(Some(sim))
-}
-
 /// Builds and starts every configured sink.
 pub fn start_sinks(
     config: &Config,
-    registry: &SinkRegistry,
+    registries: &Registries,
     metrics: &Metrics,
 ) -> Result<Vec<SinkHandle>, ConfigError> {
     config
@@ -109,7 +49,7 @@ pub fn start_sinks(
         .map(|spec| {
             let err =
                 |key: String, message: String| ConfigError { file: config.file.display().to_string(), key, message };
-            let kind = registry.get(&spec.kind).map_err(|e| err(spec.context.key("kind"), e.to_string()))?;
+            let kind = registries.sinks.get(&spec.kind).map_err(|e| err(spec.context.key("kind"), e.to_string()))?;
             let sink = (kind.build)(spec.settings.clone(), &spec.context).map_err(|e| match e {
                 streamherd_actors::error::SinkError::Config { key, message } => err(key, message),
                 other => err(spec.context.key("kind"), other.to_string()),
@@ -121,29 +61,27 @@ pub fn start_sinks(
 
 /// Starts the service inside the current actix System; a graceful stop (or
 /// every source failing) stops the System with the exit code.
-pub async fn start(config: &Config, registry: &SinkRegistry) -> anyhow::Result<Running> {
-    start_with(config, registry, true).await
+pub async fn start(config: &Config, registries: &Registries) -> anyhow::Result<Running> {
+    start_with(config, registries, true).await
 }
 
 /// Like [`start`], but a stop leaves the actix System running: for tests,
 /// `probe` and programs embedding streamherd.
-pub async fn start_embedded(config: &Config, registry: &SinkRegistry) -> anyhow::Result<Running> {
-    start_with(config, registry, false).await
+pub async fn start_embedded(config: &Config, registries: &Registries) -> anyhow::Result<Running> {
+    start_with(config, registries, false).await
 }
 
-async fn start_with(config: &Config, registry: &SinkRegistry, stop_system: bool) -> anyhow::Result<Running> {
+async fn start_with(config: &Config, registries: &Registries, stop_system: bool) -> anyhow::Result<Running> {
     install_crypto();
-    let (sources, mastodon_sources) = split_sources(config);
-    let simulator = start_simulator(config).await?;
+    let simulator = sim::start(config).await?;
     let metrics = Metrics::default();
     let stats = StatsRegistry::default();
-    let sinks = start_sinks(config, registry, &metrics)?;
+    let sinks = start_sinks(config, registries, &metrics)?;
     let interval = Duration::from_secs_f64(config.service.stats_interval_s);
-    let (file, hook_registry) = (config.file.clone(), registry.clone());
+    let (file, hook_registries) = (config.file.clone(), registries.clone());
     let reload: ReloadHook =
-        Arc::new(move || crate::config::reload_predicates(&file, &hook_registry).map_err(|e| e.to_string()));
-    let supervisor = StreamSupervisor::new(sources, sinks, metrics.clone(), stats.clone(), interval)
-        .mastodon_sources(mastodon_sources)
+        Arc::new(move || crate::config::reload_sources(&file, &hook_registries).map_err(|e| e.to_string()));
+    let supervisor = StreamSupervisor::new(config.sources.clone(), sinks, metrics.clone(), stats.clone(), interval)
         .state_dir(config.service.state_dir.clone())
         .reload_hook(reload)
         .stop_system(stop_system)
@@ -202,11 +140,11 @@ pub fn handle_signals(supervisor: Addr<StreamSupervisor>) {
 }
 
 /// `streamherd run`: blocks until the service stops; returns the exit code.
-pub fn run(config: Config, registry: SinkRegistry) -> anyhow::Result<i32> {
+pub fn run(config: Config, registries: Registries) -> anyhow::Result<i32> {
     let system = actix_rt::System::new();
     // Spawned tasks need the System's runtime: install the handlers inside it.
     let _running = system.block_on(async {
-        let running = start(&config, &registry).await?;
+        let running = start(&config, &registries).await?;
         handle_signals(running.supervisor.clone());
         anyhow::Ok(running)
     })?;
@@ -225,7 +163,7 @@ pub struct ProbeReport {
     pub reconnects: u64,
     /// Last error per connection, if any.
     pub errors: Vec<String>,
-    /// Mastodon: the streaming host's health check, `Ok(body)` on 200.
+    /// The server's health check, when the source's kind has one: `Ok(body)` when healthy.
     pub health: Option<Result<String, String>>,
 }
 
@@ -252,46 +190,34 @@ impl std::fmt::Display for ProbeReport {
 
 /// `streamherd probe`: connects one source for `seconds`, with no sinks, and
 /// reports counts per event kind, bytes and reconnects (seed 004's `test()`).
-pub fn probe(mut config: Config, source: &str, seconds: f64) -> anyhow::Result<(ProbeReport, i32)> {
-    let keep: Vec<_> = config
-        .sources
-        .iter()
-        .filter(|s| match s {
-            ValidSource::Twitter(spec) => &*spec.name == source,
-            ValidSource::Mastodon(spec) => &*spec.name == source,
-        })
-        .cloned()
-        .collect();
-    if keep.is_empty() {
+/// A kind with a server health check runs it first; a failed one ends the probe.
+pub fn probe(
+    mut config: Config,
+    registries: &Registries,
+    source: &str,
+    seconds: f64,
+) -> anyhow::Result<(ProbeReport, i32)> {
+    let Some(probed) = config.source(source).cloned() else {
         return Err(ConfigError {
             file: config.file.display().to_string(),
             key: "sources".into(),
             message: format!("no source is named `{source}`"),
         }
         .into());
-    }
-    let mastodon = match &keep[0] {
-        ValidSource::Mastodon(spec) => Some((**spec).clone()),
-        ValidSource::Twitter(_) => None,
     };
-    config.sources = keep;
+    config.sources = vec![probed.clone()];
     config.sinks.clear();
     config.service.stats_interval_s = 0.0;
+    let event_kinds = registries.sources.get(probed.kind()).map(|k| k.kinds).unwrap_or_default();
     let system = actix_rt::System::new();
     let report = system.block_on(async move {
         let mut report = ProbeReport::default();
         let mut early_simulator = None;
-        if let Some(spec) = mastodon {
+        if let Some(check) = probed.probe_check() {
             // The health check comes first; an embedded simulator must be up for it.
-            early_simulator = start_simulator(&config).await?;
+            early_simulator = sim::start(&config).await?;
             config.simulator.enabled = false;
-            let streaming = match &spec.streaming_url {
-                Some(u) => u.clone(),
-                None => discover_streaming_url(&spec.instance_url, &spec.token)
-                    .await
-                    .unwrap_or_else(|_| spec.instance_url.clone()),
-            };
-            let health = streaming_health(&streaming).await;
+            let health = check.await;
             let failed = health.is_err();
             report.health = Some(health);
             if failed {
@@ -301,10 +227,10 @@ pub fn probe(mut config: Config, source: &str, seconds: f64) -> anyhow::Result<(
                 return anyhow::Ok(report);
             }
         }
-        let running = start_embedded(&config, &SinkRegistry::builtin()).await?;
+        let running = start_embedded(&config, registries).await?;
         tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
         let _ = running.supervisor.send(Shutdown { exit_code: 0 }).await;
-        for kind in EventKind::ALL {
+        for kind in event_kinds.iter().chain([streamherd_actors::event::EventKind::GAP].iter()) {
             let n = running
                 .metrics
                 .events_total

@@ -4,26 +4,27 @@
 
 use std::path::Path;
 
-use streamherd::config::{self, ValidSource};
-use streamherd_actors::sinks::SinkRegistry;
+use streamherd::config;
+use streamherd_actors::mastodon::spec::MastodonSpec;
+use streamherd_actors::twitter::spec::TwitterSpec;
 
 fn load(body: &str) -> Result<config::Config, config::ConfigError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, body).unwrap();
-    config::load(&path, &SinkRegistry::builtin())
+    config::load(&path, &streamherd::Registries::builtin())
 }
 
 #[test]
 fn the_shipped_config_parses_with_every_section() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let c = config::load(&path, &SinkRegistry::builtin()).unwrap();
+    let c = config::load(&path, &streamherd::Registries::builtin()).unwrap();
     assert!(c.simulator.enabled);
     assert_eq!(c.sources.len(), 4);
     assert_eq!(c.sinks.len(), 2);
-    let ValidSource::Twitter(site) = &c.sources[2] else { panic!("site source") };
+    let site = c.sources[2].as_any().downcast_ref::<TwitterSpec>().expect("site source");
     assert_eq!(site.query.follow.len(), 250, "follow_file is read relative to the config file");
-    let ValidSource::Mastodon(fedi) = &c.sources[3] else { panic!("mastodon source") };
+    let fedi = c.sources[3].as_any().downcast_ref::<MastodonSpec>().expect("mastodon source");
     assert_eq!(fedi.streams.len(), 4);
     assert_eq!(fedi.streaming_url, None, "discovered from the instance");
     assert!(fedi.catch_up.is_some());
@@ -51,7 +52,7 @@ auth = { kind = "oauth1", consumer_key = "k", consumer_secret = "${STREAMHERD_TE
     std::env::remove_var("STREAMHERD__SERVICE__LOG_LEVEL");
     std::env::remove_var("STREAMHERD__BACKOFF__NETWORK_INITIAL_MS");
     assert_eq!(c.service.log_level, "debug", "environment overrides the file");
-    let ValidSource::Twitter(spec) = &c.sources[0] else { panic!() };
+    let spec = c.sources[0].as_any().downcast_ref::<TwitterSpec>().expect("twitter source");
     assert_eq!(spec.backoff.network_initial.as_millis(), 7);
     assert_eq!(spec.credentials[0].consumer_secret, "s3cr3t-from-env");
     assert_eq!(spec.credentials[0].token_secret, "literal-secret");

@@ -112,20 +112,7 @@ impl Harness {
     async fn start(sources: &str, token: Option<&str>) -> Harness {
         let sim = start_sim(Scenario::default(), 50, 500).await;
         let sources = sources.replace("{url}", &sim.base_url()).replace("{auth}", DEMO_AUTH);
-        let cfg = TestConfig::new(&format!(
-            r#"
-[service]
-state_dir = "{{dir}}/state"
-stats_interval_s = 0
-{FAST_BACKOFF}
-{sources}
-[[sinks]]
-name = "archive"
-kind = "file"
-path = "{{dir}}/data/{{source}}.jsonl"
-fsync = "never"
-"#
-        ));
+        let cfg = Conf::new().table(&sources).file_sink("").write();
         let running = start_service(&cfg).await;
         // Started here rather than through `[control]` so the test owns the
         // token and the port (127.0.0.1:0) whatever app.rs does with the table.

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
+use streamherd_actors::connection::stats::ConnectionState;
 use streamherd_actors::metrics::Metrics;
-use streamherd_actors::stats::ConnectionState;
 use streamherd_sim::{AttemptScript, Scenario, SimHandle, DEMO_MASTODON_TOKEN};
 
 const T: Duration = Duration::from_secs(20);
@@ -37,32 +37,7 @@ fn mastodon_config(sim: &SimHandle, transport: &str, streams: &[&str], extra: &s
 }
 
 fn mastodon_config_with(sim: &SimHandle, transport: &str, streams: &[&str], extra: &str, top: &str) -> TestConfig {
-    let streams: Vec<String> = streams.iter().map(|s| format!("{s:?}")).collect();
-    TestConfig::new(&format!(
-        r#"
-[service]
-state_dir = "{{dir}}/state"
-stats_interval_s = 0
-{top}
-{FAST_BACKOFF}
-[[sources]]
-name = "fedi"
-kind = "mastodon"
-base_url = "{url}"
-transport = "{transport}"
-streams = [{streams}]
-auth = {{ kind = "bearer", token = "{DEMO_MASTODON_TOKEN}" }}
-{extra}
-
-[[sinks]]
-name = "archive"
-kind = "file"
-path = "{{dir}}/data/{{source}}.jsonl"
-fsync = "never"
-"#,
-        url = sim.base_url(),
-        streams = streams.join(", "),
-    ))
+    Conf::new().table(top).mastodon("fedi", sim, transport, streams, extra).file_sink("").write()
 }
 
 fn sink_events(running: &streamherd::app::Running) -> u64 {
@@ -590,7 +565,7 @@ async fn a_refused_subscription_degrades_health_and_the_others_go_on() {
     let sim = start_sim(Scenario::default(), 0, 1000).await;
     let cfg = mastodon_config(&sim, "websocket", &["public", "list:999"], "");
     let running = start_service(&cfg).await;
-    let health = || async { running.supervisor.send(streamherd_actors::control_messages::GetHealth).await.unwrap() };
+    let health = || async { running.supervisor.send(streamherd_actors::supervisor::GetHealth).await.unwrap() };
     let start = std::time::Instant::now();
     let refused = loop {
         let h = health().await;

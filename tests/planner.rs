@@ -8,47 +8,28 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use actix::Addr;
 use common::*;
 use streamherd::app::Running;
-use streamherd_actors::control_messages::{ChangeFollows, Consolidate, GetPlanner};
+use streamherd_actors::messages::ChangeFollows;
 use streamherd_actors::metrics::Metrics;
-use streamherd_actors::shard_planner::ShardPlanner;
+use streamherd_actors::source::SourceHandle;
+use streamherd_actors::supervisor::GetSource;
 use streamherd_sim::{AttemptScript, Scenario, SimHandle};
 
 const T: Duration = Duration::from_secs(30);
 
-async fn planner(running: &Running, source: &str) -> Addr<ShardPlanner> {
-    match running.supervisor.send(GetPlanner { source: source.into() }).await.unwrap() {
-        Some(streamherd_actors::control_messages::PlannerAddr::Twitter(p)) => p,
-        other => panic!("no twitter planner: {other:?}"),
-    }
+async fn planner(running: &Running, source: &str) -> SourceHandle {
+    running.supervisor.send(GetSource { source: source.into() }).await.unwrap().expect("the source runs")
+}
+
+/// Follow ids as the control API passes them on.
+fn ids(list: impl IntoIterator<Item = u64>) -> Vec<String> {
+    list.into_iter().map(|id| id.to_string()).collect()
 }
 
 fn site_config(sim: &SimHandle, follows: &[u64], extra: &str) -> TestConfig {
-    let cfg = TestConfig::new(&format!(
-        r#"
-[service]
-state_dir = "{{dir}}/state"
-stats_interval_s = 0
-{FAST_BACKOFF}
-[[sources]]
-name = "site"
-kind = "twitter.site"
-base_url = "{url}"
-follow_file = "{{dir}}/users.txt"
-follow_limit = 100
-max_connections = 200
-{extra}
-{DEMO_AUTH}
-[[sinks]]
-name = "archive"
-kind = "file"
-path = "{{dir}}/data/{{source}}.jsonl"
-fsync = "never"
-"#,
-        url = sim.base_url()
-    ));
+    let body = format!("follow_file = \"{{dir}}/users.txt\"\nfollow_limit = 100\nmax_connections = 200\n{extra}");
+    let cfg = Conf::new().twitter("site", "twitter.site", sim, &body).file_sink("").write();
     let list: Vec<String> = follows.iter().map(u64::to_string).collect();
     std::fs::write(cfg.dir.path().join("users.txt"), list.join("\n")).unwrap();
     cfg
@@ -123,14 +104,14 @@ async fn follow_changes_fill_non_full_connections_through_control_streams() {
 
     // Make room: 40 leave each connection (control-stream remove_user).
     let remove: Vec<u64> = [1..=40u64, 101..=140, 201..=240].into_iter().flatten().collect();
-    let r = p.send(ChangeFollows { add: vec![], remove }).await.unwrap().unwrap();
+    let r = p.change_follows(ChangeFollows { add: vec![], remove: ids(remove) }).await.unwrap().unwrap();
     assert_eq!((r.follows, r.removed), (180, 120));
     wait_for(T, "three connections of 60", || sim.carried().values().all(|s| s.len() == 60)).await;
 
     // 250 new follows: 120 fill the three connections, 130 open two more.
     let attempts_before: BTreeSet<u64> = sim.carried().keys().copied().collect();
     let add: Vec<u64> = (10_001..=10_250).collect();
-    let r = p.send(ChangeFollows { add: add.clone(), remove: vec![] }).await.unwrap().unwrap();
+    let r = p.change_follows(ChangeFollows { add: ids(add.clone()), remove: vec![] }).await.unwrap().unwrap();
     assert_eq!((r.follows, r.added), (430, 250));
     wait_sim(&sim, "430 follows carried", || carried_once(&sim).map(|s| s.len()) == Ok(430)).await;
     let after = sim.carried();
@@ -156,9 +137,9 @@ async fn follow_changes_fill_non_full_connections_through_control_streams() {
     let all: Vec<u64> = carried_once(&sim).unwrap().into_iter().collect();
     let gone: Vec<u64> = all.iter().copied().filter(|id| id % 5 < 3).collect();
     let left: BTreeSet<u64> = all.iter().copied().filter(|id| id % 5 >= 3).collect();
-    p.send(ChangeFollows { add: vec![], remove: gone }).await.unwrap().unwrap();
+    p.change_follows(ChangeFollows { add: vec![], remove: ids(gone) }).await.unwrap().unwrap();
     wait_sim(&sim, "removals applied", || carried_once(&sim).as_ref() == Ok(&left)).await;
-    let c = p.send(Consolidate).await.unwrap().unwrap();
+    let c = p.consolidate().await.unwrap().unwrap();
     let fewest = left.len().div_ceil(100);
     assert_eq!(c.after, fewest);
     wait_for(T, "consolidated", || sim.carried().len() == fewest && carried_once(&sim).as_ref() == Ok(&left)).await;
@@ -178,7 +159,7 @@ async fn twenty_predicate_updates_under_load_lose_nothing_and_write_nothing_twic
     wait_for(T, "streaming", || sim.broadcast_sent() > 100).await;
     let p = planner(&running, "src").await;
     for i in 0..20u64 {
-        p.send(ChangeFollows { add: vec![1_000 + i], remove: vec![] }).await.unwrap().unwrap();
+        p.change_follows(ChangeFollows { add: ids([1_000 + i]), remove: vec![] }).await.unwrap().unwrap();
         tokio::time::sleep(Duration::from_millis(120)).await;
     }
     let written = || running.metrics.sink_events_total.get_or_create(&Metrics::sink("archive")).get();
@@ -222,7 +203,7 @@ async fn follows_added_through_the_api_survive_a_restart() {
     let running = start_service(&cfg).await;
     wait_for(T, "connected", || carried_once(&sim).map(|s| s.len()) == Ok(50)).await;
     let p = planner(&running, "site").await;
-    p.send(ChangeFollows { add: (501..=530).collect(), remove: vec![1, 2] }).await.unwrap().unwrap();
+    p.change_follows(ChangeFollows { add: ids(501..=530), remove: ids([1, 2]) }).await.unwrap().unwrap();
     wait_sim(&sim, "78 carried", || carried_once(&sim).map(|s| s.len()) == Ok(78)).await;
     stop_service(&running).await;
     wait_for(T, "closed", || sim.carried().is_empty()).await;

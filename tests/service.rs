@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,43 +17,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_streamherd");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn streamherd(args: &[&str], cwd: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args).current_dir(cwd).env_remove("STREAMHERD_CONFIG").env_remove("RUST_LOG");
-    c
-}
-
-/// Waits for `cond` with a bound, polling every 20 ms.
-fn wait_blocking(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn spawn(cmd: &mut Command) -> Guard {
-    Guard(cmd.spawn().expect("streamherd starts"))
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid has no memory effects.
-    unsafe {
-        libc::kill(child.id() as i32, sig);
-    }
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code().unwrap_or(-1);
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("process did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    command(BIN, args, cwd)
 }
 
 /// A copy of the shipped config in a temp dir, on a free simulator port.
@@ -110,7 +74,7 @@ fn shipped_config_prints_envelopes_and_writes_data() {
         ["election", "sample", "app-users", "fedi"].iter().all(|s| dir.path().join("data").join(s).is_dir())
     });
     signal(&child, libc::SIGTERM);
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0, "SIGTERM is a clean stop");
+    assert_eq!(wait_exit_blocking(&mut child, Duration::from_secs(20)), 0, "SIGTERM is a clean stop");
 }
 
 #[test]
@@ -122,7 +86,7 @@ fn probe_counts_one_source_by_kind() {
             .stderr(Stdio::null()),
     );
     let mut stdout = child.stdout.take().unwrap();
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
+    assert_eq!(wait_exit_blocking(&mut child, Duration::from_secs(20)), 0);
     let mut out = String::new();
     stdout.read_to_string(&mut out).unwrap();
     assert!(out.contains("events: ") && out.contains("  tweet: ") && out.contains("bytes: "), "{out}");
@@ -139,7 +103,7 @@ fn probe_checks_a_mastodon_source_health_then_counts_by_kind() {
             .stderr(Stdio::null()),
     );
     let mut stdout = child.stdout.take().unwrap();
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
+    assert_eq!(wait_exit_blocking(&mut child, Duration::from_secs(20)), 0);
     let mut out = String::new();
     stdout.read_to_string(&mut out).unwrap();
     let health = out.find("health: ok (OK)").unwrap_or_else(|| panic!("health line first: {out}"));
@@ -165,7 +129,7 @@ fn probe_of_an_unreachable_mastodon_host_reports_the_failed_health_check() {
             .stderr(Stdio::null()),
     );
     let mut stdout = child.stdout.take().unwrap();
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 3);
+    assert_eq!(wait_exit_blocking(&mut child, Duration::from_secs(20)), 3);
     let mut out = String::new();
     stdout.read_to_string(&mut out).unwrap();
     assert!(out.contains("health: FAILED") && out.contains(&port.to_string()), "{out}");
@@ -215,6 +179,38 @@ fn broken_configs_exit_2_naming_the_key() {
     broken("[[sources]]\nname = \"m\"\nkind = \"mastodon\"\nstreams = [\"public\", \"user\"]\ntransport = \"sse\"\nmax_connections = 1\nauth = { kind = \"bearer\", token = \"t\" }\n", "sources[0].streams");
 }
 
+/// Each kind has its own table: a key of another kind is refused by name,
+/// with the kind that refused it.
+#[test]
+fn a_key_of_another_kind_exits_2_naming_the_key_and_the_kind() {
+    let cases = [
+        (
+            "[[sources]]\nname = \"m\"\nkind = \"mastodon\"\nstreams = [\"public\"]\ntrack = [\"rust\"]\nauth = { kind = \"bearer\", token = \"t\" }\n".to_owned(),
+            "sources[0].track",
+            "mastodon",
+        ),
+        (
+            format!("[[sources]]\nname = \"t\"\nkind = \"twitter.filter\"\ntrack = [\"x\"]\nstreams = [\"public\"]\n{AUTH}\n"),
+            "sources[0].streams",
+            "twitter.filter",
+        ),
+        (
+            format!("[[sources]]\nname = \"t\"\nkind = \"twitter.site\"\nfollow = [1]\ntransport = \"sse\"\n{AUTH}\n"),
+            "sources[0].transport",
+            "twitter.site",
+        ),
+    ];
+    for (body, key, kind) in cases {
+        broken(&body, key);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, &body).unwrap();
+        let out = streamherd(&["check", "--config", path.to_str().unwrap()], dir.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("{key}: is not a key of {kind} sources")), "{stderr}");
+    }
+}
+
 #[test]
 fn missing_secret_variable_is_a_config_error() {
     broken(
@@ -224,29 +220,12 @@ fn missing_secret_variable_is_a_config_error() {
 }
 
 fn heavy_config(dir: &Path, port: u16) -> PathBuf {
-    let body = format!(
-        r#"
-[service]
-stats_interval_s = 0
-[simulator]
-enabled = true
-listen = "127.0.0.1:{port}"
-rate = 0
-[[sources]]
-name = "firehose"
-kind = "twitter.sample"
-base_url = "http://127.0.0.1:{port}"
-{DEMO_AUTH}
-[[sinks]]
-name = "archive"
-kind = "file"
-path = "data/{{source}}.jsonl"
-fsync = "never"
-"#
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, body).unwrap();
-    path
+    Conf::new()
+        .backoff(None)
+        .table(&format!("[simulator]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nrate = 0"))
+        .source("firehose", "twitter.sample", &format!("base_url = \"http://127.0.0.1:{port}\"\n{DEMO_AUTH}"))
+        .file_sink("")
+        .write_to(dir)
 }
 
 #[test]
@@ -259,13 +238,13 @@ fn sigkill_during_heavy_writing_leaves_no_partial_line_after_restart() {
     let mut child = spawn(streamherd(&[], dir.path()).stdout(Stdio::null()).stderr(Stdio::null()));
     wait_blocking(Duration::from_secs(30), "20 MB written", || size() > 20 << 20);
     signal(&child, libc::SIGKILL);
-    wait_exit(&mut child, Duration::from_secs(10));
+    wait_exit_blocking(&mut child, Duration::from_secs(10));
     let killed_at = size();
 
     let mut child = spawn(streamherd(&[], dir.path()).stdout(Stdio::null()).stderr(Stdio::null()));
     wait_blocking(Duration::from_secs(30), "writing to resume", || size() > killed_at + (1 << 20));
     signal(&child, libc::SIGTERM);
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
+    assert_eq!(wait_exit_blocking(&mut child, Duration::from_secs(20)), 0);
     let mut text = String::new();
     std::fs::File::open(&file).unwrap().read_to_string(&mut text).unwrap();
     assert!(text.ends_with('\n'));
@@ -298,7 +277,7 @@ fn every_source_failing_for_good_exits_3_with_the_reason_logged() {
     std::fs::write(dir.path().join("config.toml"), body).unwrap();
     let mut child = spawn(streamherd(&[], dir.path()).stdout(Stdio::null()).stderr(Stdio::piped()));
     let mut stderr = child.stderr.take().unwrap();
-    let code = wait_exit(&mut child, Duration::from_secs(20));
+    let code = wait_exit_blocking(&mut child, Duration::from_secs(20));
     let mut log = String::new();
     stderr.read_to_string(&mut log).unwrap();
     assert_eq!(code, 3, "{log}");
@@ -314,28 +293,11 @@ async fn four_connections_share_one_file_without_interleaving() {
     };
     let sim = start_sim(scenario, 0, 1000).await;
     let follows: Vec<String> = (1..=400).map(|i| i.to_string()).collect();
-    let cfg = TestConfig::new(&format!(
-        r#"
-[service]
-stats_interval_s = 0
-{FAST_BACKOFF}
-[[sources]]
-name = "site"
-kind = "twitter.site"
-base_url = "{url}"
-follow = [{f}]
-follow_limit = 100
-{DEMO_AUTH}
-[[sinks]]
-name = "archive"
-kind = "file"
-path = "{{dir}}/data/all.jsonl"
-fsync = "never"
-buffer = 64
-"#,
-        url = sim.base_url(),
-        f = follows.join(",")
-    ));
+    let body = format!("follow = [{}]\nfollow_limit = 100", follows.join(","));
+    let cfg = Conf::new()
+        .twitter("site", "twitter.site", &sim, &body)
+        .sink("name = \"archive\"\nkind = \"file\"\npath = \"{dir}/data/all.jsonl\"\nfsync = \"never\"\nbuffer = 64")
+        .write();
     let running = start_service(&cfg).await;
     let per_connection = || running.stats.snapshots().iter().map(|s| s.messages).collect::<Vec<_>>();
     wait_for(Duration::from_secs(30), "1500 events on each of 4 connections", || {

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
+use streamherd_actors::connection::stats::ConnectionState;
 use streamherd_actors::metrics::{Metrics, SourceCauseLabels};
-use streamherd_actors::stats::ConnectionState;
 use streamherd_sim::{AttemptScript, Mix, Scenario, SimHandle, Split};
 
 const T: Duration = Duration::from_secs(20);

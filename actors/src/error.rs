@@ -1,6 +1,67 @@
-//! Error enums at the crate boundary: stream, sink and config errors.
+//! Error enums at the crate boundary: why a connection ended, why a sink
+//! failed, and which config key is wrong.
 
-use crate::messages::DisconnectCause;
+use std::time::Duration;
+
+/// Why a connection ended; decides the wait before the next attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectCause {
+    /// TCP/IP error, reset, refused, DNS, a broken body.
+    Network(String),
+    /// No byte (not even a keep-alive) for the stall timeout.
+    Stall,
+    /// The server ended the body cleanly.
+    Eof,
+    /// A retryable HTTP status (5xx and the like).
+    Http {
+        /// Status code.
+        status: u16,
+        /// `Retry-After` in seconds, when the server sent one.
+        retry_after: Option<Duration>,
+    },
+    /// HTTP 420 or 429.
+    RateLimited {
+        /// Status code.
+        status: u16,
+        /// `Retry-After` in seconds, when the server sent one.
+        retry_after: Option<Duration>,
+    },
+    /// A retryable disconnect message.
+    DisconnectMessage {
+        /// The code from the message.
+        code: u32,
+    },
+}
+
+impl DisconnectCause {
+    /// Every label [`DisconnectCause::label`] gives, for metrics.
+    pub const LABELS: [&'static str; 6] = ["network", "stall", "eof", "http", "rate_limit", "disconnect"];
+
+    /// Short label for metrics (`streamherd_reconnects_total{cause}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            DisconnectCause::Network(_) => "network",
+            DisconnectCause::Stall => "stall",
+            DisconnectCause::Eof => "eof",
+            DisconnectCause::Http { .. } => "http",
+            DisconnectCause::RateLimited { .. } => "rate_limit",
+            DisconnectCause::DisconnectMessage { .. } => "disconnect",
+        }
+    }
+}
+
+impl std::fmt::Display for DisconnectCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DisconnectCause::Network(e) => write!(f, "network error: {e}"),
+            DisconnectCause::Stall => f.write_str("stalled: nothing received within the stall timeout"),
+            DisconnectCause::Eof => f.write_str("the server closed the stream"),
+            DisconnectCause::Http { status, .. } => write!(f, "HTTP {status}"),
+            DisconnectCause::RateLimited { status, .. } => write!(f, "HTTP {status} (rate limited)"),
+            DisconnectCause::DisconnectMessage { code } => write!(f, "disconnect message, code {code}"),
+        }
+    }
+}
 
 /// Why a stream connection attempt or read ended.
 #[derive(Debug, thiserror::Error)]
@@ -14,12 +75,24 @@ pub enum StreamError {
         /// What happened, with the status and the (truncated) body.
         reason: String,
     },
-    /// Final but not an error (disconnect code 9: a negative `count` backfill finished).
+    /// Final but not an error (stopped on request, a backfill that finished).
     #[error("stream finished: {reason}")]
     Finished {
         /// What happened.
         reason: String,
     },
+}
+
+impl StreamError {
+    /// A retryable network error.
+    pub fn network(error: impl std::fmt::Display) -> StreamError {
+        StreamError::Retryable(DisconnectCause::Network(error.to_string()))
+    }
+
+    /// The end of a connection that was asked to stop.
+    pub fn stopped() -> StreamError {
+        StreamError::Finished { reason: "stopped".into() }
+    }
 }
 
 /// A sink could not be built or could not write.
@@ -47,4 +120,22 @@ pub enum SinkError {
     /// Any other sink-specific failure.
     #[error("{0}")]
     Other(String),
+}
+
+/// A configuration value is wrong: the key (`sources[0].follow`) and why.
+/// The service adds the file's name when it reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// The offending key, e.g. `sources[0].follow`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error at `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { key: key.into(), message: message.into() }
+    }
 }

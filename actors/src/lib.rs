@@ -1,26 +1,30 @@
-//! streamherd's actor graph: `StreamSupervisor` starts one `ShardPlanner` and
-//! `BackoffActor` per source, planners start supervised `StreamActor`s, and
-//! events flow from each `StreamActor` straight into the sinks' bounded queues.
+//! streamherd's actors and everything they move. The actor graph: the
+//! `StreamSupervisor` starts each configured source through its
+//! `SourceHandle`; a source is one `ShardPlanner` (generic over its
+//! family's shard logic) with a `BackoffActor`; the planner starts one
+//! supervised `StreamActor` per connection (generic over the family's
+//! protocol), and each connection hands what it parsed to the sink actors'
+//! bounded queues.
+//!
+//! Map: `event` (what flows), `messages` (what actors say), `source` (the
+//! source registry and handle), `planner`, `supervisor`, `connection` (one
+//! connection and its transports), `delivery` (hand-off, overlap window),
+//! `sinks`, and one folder per family (`twitter`, `mastodon`); `builtin`
+//! lists the kinds this crate ships.
 #![warn(missing_docs)]
 
-pub mod backoff;
-pub mod catch_up;
-pub mod control_messages;
-pub mod control_stream;
-pub mod dedup;
+pub mod builtin;
+pub mod connection;
+pub mod delivery;
 pub mod error;
-pub mod mastodon_actor;
-pub mod mastodon_planner;
+pub mod event;
+pub mod mastodon;
 pub mod messages;
 pub mod metrics;
 pub mod persist;
-pub mod plan;
-pub mod protocol;
-pub mod resume;
-pub mod shard_planner;
-pub mod sink_actor;
+pub mod planner;
+pub mod settings;
 pub mod sinks;
-pub mod stats;
-pub mod stream_actor;
-pub mod supervised;
+pub mod source;
 pub mod supervisor;
+pub mod twitter;

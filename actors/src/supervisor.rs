@@ -1,24 +1,21 @@
-//! The process's top actor: starts a `ShardPlanner` per source over a pool of
-//! stream threads, writes the periodic stats line, notices when every source
-//! failed for good, and owns the graceful stop (streams first, then sinks).
-//! Named `StreamSupervisor` so it never collides with `actix::Supervisor`.
+//! The process's top actor: starts every source over a pool of stream
+//! threads (each through its [`SourceHandle`], whatever its kind), writes
+//! the periodic stats line, notices when every source failed for good, and
+//! owns the graceful stop (streams first, then sinks). Named
+//! `StreamSupervisor` so it never collides with `actix::Supervisor`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::control_messages::{
-    FollowsChanged, GetHealth, GetPlanner, GetSourceHealth, PlannerAddr, ReloadPredicates, SourceHealth,
-    SourcePredicates,
-};
-use crate::mastodon_planner::{MastodonPlanner, MastodonSourceSpec};
+use crate::connection::stats::{ConnectionState, StatsRegistry};
+use crate::messages::{FollowsChanged, SourceFailed, SourceHealth};
 use crate::metrics::Metrics;
-use crate::shard_planner::{PlannerContext, ShardPlanner, SourceFailed, SourceSpec, StopSource};
-use crate::sink_actor::SinkHandle;
-use crate::stats::{ConnectionState, StatsRegistry};
+use crate::sinks::runtime::SinkHandle;
+use crate::source::{PlannerContext, Source, SourceHandle};
 
 /// Exit code when every source failed for good (SPEC section 2).
 pub const EXIT_ALL_SOURCES_FAILED: i32 = 3;
@@ -32,21 +29,38 @@ pub struct Shutdown {
     pub exit_code: i32,
 }
 
-/// Re-reads the predicates of every source from the config (`POST /update`):
-/// source name to its new predicates. Supplied by the application, which
-/// knows where the config lives.
-pub type ReloadHook = Arc<dyn Fn() -> Result<Vec<(String, SourcePredicates)>, String> + Send + Sync>;
+/// The running source of that name, if any.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Option<SourceHandle>")]
+pub struct GetSource {
+    /// Source name.
+    pub source: String,
+}
+
+/// Every source's health.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Vec<SourceHealth>")]
+pub struct GetHealth;
+
+/// Re-read the config and apply what changed to every running source
+/// (`POST /update`, seed 002's `/update`). Answered per source.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Result<Vec<(String, FollowsChanged)>, String>")]
+pub struct ReloadSources;
+
+/// Re-reads the config's sources (`POST /update`). Supplied by the
+/// application, which knows where the config lives.
+pub type ReloadHook = Arc<dyn Fn() -> Result<Vec<Arc<dyn Source>>, String> + Send + Sync>;
 
 /// Starts and stops everything that streams.
 pub struct StreamSupervisor {
-    sources: Vec<SourceSpec>,
-    mastodon_sources: Vec<MastodonSourceSpec>,
+    sources: Vec<Arc<dyn Source>>,
     sinks: Arc<[SinkHandle]>,
     metrics: Metrics,
     stats: StatsRegistry,
     stream_threads: usize,
     arbiters: Vec<Arbiter>,
-    planners: HashMap<String, PlannerAddr>,
+    handles: BTreeMap<String, SourceHandle>,
     failed: HashSet<Arc<str>>,
     state_dir: PathBuf,
     reload: Option<ReloadHook>,
@@ -60,7 +74,7 @@ pub struct StreamSupervisor {
 impl StreamSupervisor {
     /// A supervisor for validated sources and started sinks.
     pub fn new(
-        sources: Vec<SourceSpec>,
+        sources: Vec<Arc<dyn Source>>,
         sinks: Vec<SinkHandle>,
         metrics: Metrics,
         stats: StatsRegistry,
@@ -68,13 +82,12 @@ impl StreamSupervisor {
     ) -> Self {
         StreamSupervisor {
             sources,
-            mastodon_sources: Vec::new(),
             sinks: sinks.into(),
             metrics,
             stats,
             stream_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             arbiters: Vec::new(),
-            planners: HashMap::new(),
+            handles: BTreeMap::new(),
             failed: HashSet::new(),
             state_dir: PathBuf::from("state"),
             reload: None,
@@ -85,23 +98,13 @@ impl StreamSupervisor {
         }
     }
 
-    /// Mastodon sources to stream too.
-    pub fn mastodon_sources(mut self, sources: Vec<MastodonSourceSpec>) -> Self {
-        self.mastodon_sources = sources;
-        self
-    }
-
-    fn source_count(&self) -> usize {
-        self.sources.len() + self.mastodon_sources.len()
-    }
-
-    /// Where planners persist follow changes (default `state`).
+    /// Where sources keep follow changes and resume positions (default `state`).
     pub fn state_dir(mut self, dir: PathBuf) -> Self {
         self.state_dir = dir;
         self
     }
 
-    /// How `ReloadPredicates` re-reads the config.
+    /// How `ReloadSources` re-reads the config.
     pub fn reload_hook(mut self, hook: ReloadHook) -> Self {
         self.reload = Some(hook);
         self
@@ -127,7 +130,8 @@ impl StreamSupervisor {
         let omitted = self.stats.refresh_limit_omitted(&self.metrics);
         let connected = states.get(ConnectionState::Connected.as_str()).copied().unwrap_or(0);
         let lag: Vec<String> = self.sinks.iter().map(|s| format!("{}={}", s.name(), s.queue_depth())).collect();
-        let gaps: u64 = self.metrics_gaps();
+        let gaps: u64 =
+            self.sources.iter().map(|s| self.metrics.gaps_total.get_or_create(&Metrics::source(s.name())).get()).sum();
         tracing::info!(
             events_per_s = format!("{rate:.1}"),
             events = total,
@@ -139,12 +143,6 @@ impl StreamSupervisor {
             "stats"
         );
     }
-
-    fn metrics_gaps(&self) -> u64 {
-        let sources: HashSet<&str> =
-            self.sources.iter().map(|s| &*s.name).chain(self.mastodon_sources.iter().map(|s| &*s.name)).collect();
-        sources.iter().map(|s| self.metrics.gaps_total.get_or_create(&Metrics::source(s)).get()).sum()
-    }
 }
 
 impl Actor for StreamSupervisor {
@@ -152,27 +150,21 @@ impl Actor for StreamSupervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.arbiters = (0..self.stream_threads.max(1)).map(|_| Arbiter::new()).collect();
-        let handles: Vec<ArbiterHandle> = self.arbiters.iter().map(|a| a.handle()).collect();
         let pctx = PlannerContext {
             sinks: self.sinks.clone(),
             metrics: self.metrics.clone(),
             stats: self.stats.clone(),
-            arbiters: handles,
+            arbiters: self.arbiters.iter().map(|a| a.handle()).collect(),
             on_failed: ctx.address().recipient(),
             state_dir: self.state_dir.clone(),
         };
-        for spec in self.sources.clone() {
-            let planner = ShardPlanner::new(spec.clone(), pctx.clone()).start();
-            self.planners.insert(spec.name.to_string(), PlannerAddr::Twitter(planner));
-        }
-        for spec in self.mastodon_sources.clone() {
-            let planner = MastodonPlanner::new(spec.clone(), pctx.clone()).start();
-            self.planners.insert(spec.name.to_string(), PlannerAddr::Mastodon(planner));
+        for source in &self.sources {
+            self.handles.insert(source.name().to_owned(), source.start(pctx.clone()));
         }
         if !self.stats_interval.is_zero() {
             ctx.run_interval(self.stats_interval, |act, _| act.stats_line());
         }
-        if self.source_count() == 0 {
+        if self.sources.is_empty() {
             tracing::warn!("no sources configured; nothing to stream");
         }
     }
@@ -183,18 +175,18 @@ impl Handler<SourceFailed> for StreamSupervisor {
 
     fn handle(&mut self, msg: SourceFailed, ctx: &mut Context<Self>) {
         self.failed.insert(msg.source);
-        if !self.stopping && self.failed.len() == self.source_count() {
+        if !self.stopping && self.failed.len() == self.sources.len() {
             tracing::error!("every source failed for good; stopping");
             ctx.notify(Shutdown { exit_code: EXIT_ALL_SOURCES_FAILED });
         }
     }
 }
 
-impl Handler<GetPlanner> for StreamSupervisor {
-    type Result = Option<PlannerAddr>;
+impl Handler<GetSource> for StreamSupervisor {
+    type Result = Option<SourceHandle>;
 
-    fn handle(&mut self, msg: GetPlanner, _: &mut Context<Self>) -> Self::Result {
-        self.planners.get(&msg.source).cloned()
+    fn handle(&mut self, msg: GetSource, _: &mut Context<Self>) -> Self::Result {
+        self.handles.get(&msg.source).cloned()
     }
 }
 
@@ -202,16 +194,11 @@ impl Handler<GetHealth> for StreamSupervisor {
     type Result = ResponseFuture<Vec<SourceHealth>>;
 
     fn handle(&mut self, _: GetHealth, _: &mut Context<Self>) -> Self::Result {
-        let mut planners: Vec<_> = self.planners.iter().map(|(n, a)| (n.clone(), a.clone())).collect();
-        planners.sort_by(|a, b| a.0.cmp(&b.0));
+        let handles: Vec<SourceHandle> = self.handles.values().cloned().collect();
         Box::pin(async move {
             let mut out = Vec::new();
-            for (_, planner) in planners {
-                let health = match planner {
-                    PlannerAddr::Twitter(p) => p.send(GetSourceHealth).await,
-                    PlannerAddr::Mastodon(p) => p.send(GetSourceHealth).await,
-                };
-                if let Ok(h) = health {
+            for handle in handles {
+                if let Some(h) = handle.health().await {
                     out.push(h);
                 }
             }
@@ -220,28 +207,27 @@ impl Handler<GetHealth> for StreamSupervisor {
     }
 }
 
-impl Handler<ReloadPredicates> for StreamSupervisor {
+impl Handler<ReloadSources> for StreamSupervisor {
     type Result = ResponseFuture<Result<Vec<(String, FollowsChanged)>, String>>;
 
-    fn handle(&mut self, _: ReloadPredicates, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: ReloadSources, _: &mut Context<Self>) -> Self::Result {
         let reloaded = match &self.reload {
             Some(hook) => hook(),
             None => Err("this service was started without a config file to re-read".to_owned()),
         };
-        let planners = self.planners.clone();
+        let handles = self.handles.clone();
         Box::pin(async move {
             let mut out = Vec::new();
-            for (source, predicates) in reloaded? {
-                let answer = match (planners.get(&source), predicates) {
-                    (Some(PlannerAddr::Twitter(p)), SourcePredicates::Twitter(m)) => p.send(m).await,
-                    (Some(PlannerAddr::Mastodon(p)), SourcePredicates::Mastodon(m)) => p.send(m).await,
-                    // A new source, or one whose kind changed: that needs a restart.
-                    _ => continue,
+            for source in reloaded? {
+                // A new source, or one whose kind changed, needs a restart.
+                let Some(handle) = handles.get(source.name()).filter(|h| h.kind() == source.kind()) else {
+                    continue;
                 };
-                match answer {
-                    Ok(Ok(changed)) => out.push((source, changed)),
-                    Ok(Err(e)) => return Err(format!("{source}: {e}")),
-                    Err(e) => return Err(format!("{source}: {e}")),
+                let name = source.name().to_owned();
+                match handle.reload(source).await {
+                    Ok(Ok(changed)) => out.push((name, changed)),
+                    Ok(Err(e)) => return Err(format!("{name}: {e}")),
+                    Err(e) => return Err(format!("{name}: {e}")),
                 }
             }
             Ok(out)
@@ -255,8 +241,8 @@ impl Handler<Shutdown> for StreamSupervisor {
     fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
         let first = !self.stopping;
         self.stopping = true;
-        // Planners stay listed so /health and /streams keep answering while the stop drains.
-        let planners: Vec<_> = self.planners.values().cloned().collect();
+        // Sources stay listed so /health and /streams keep answering while the stop drains.
+        let handles: Vec<SourceHandle> = self.handles.values().cloned().collect();
         let sinks = self.sinks.clone();
         let stop_system = self.stop_system && first;
         Box::pin(
@@ -264,11 +250,8 @@ impl Handler<Shutdown> for StreamSupervisor {
                 if first {
                     tracing::info!(exit_code = msg.exit_code, "stopping: closing streams, then flushing sinks");
                 }
-                for planner in &planners {
-                    let _ = match planner {
-                        PlannerAddr::Twitter(p) => p.send(StopSource).await,
-                        PlannerAddr::Mastodon(p) => p.send(StopSource).await,
-                    };
+                for handle in &handles {
+                    handle.stop().await;
                 }
                 for sink in sinks.iter() {
                     if let Err(e) = sink.flush().await {

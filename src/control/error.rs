@@ -5,7 +5,7 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use streamherd_actors::shard_planner::PlanError;
+use streamherd_actors::messages::PlanError;
 
 /// The one-line message of a 401, also what the tests compare against.
 pub const UNAUTHORIZED_MESSAGE: &str = "missing or invalid bearer token";
@@ -73,7 +73,7 @@ impl ResponseError for ApiError {
             ApiError::Plan(PlanError::TooMany { .. } | PlanError::NoPredicate) => StatusCode::CONFLICT,
             // Following ids on a sample stream, consolidating a filter source:
             // no state makes this request right.
-            ApiError::Plan(PlanError::NotApplicable(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Plan(PlanError::NotApplicable(_) | PlanError::BadValue(_)) => StatusCode::BAD_REQUEST,
             ApiError::Plan(PlanError::Persist(_)) | ApiError::ReloadFailed(_) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

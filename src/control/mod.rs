@@ -4,6 +4,7 @@
 
 mod error;
 mod routes;
+mod state;
 
 use std::net::SocketAddr;
 
@@ -14,13 +15,14 @@ use actix_web::http::header;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 use prometheus_client::registry::Registry;
+use streamherd_actors::connection::stats::StatsRegistry;
 use streamherd_actors::metrics::Metrics;
-use streamherd_actors::stats::StatsRegistry;
 use streamherd_actors::supervisor::StreamSupervisor;
 use subtle::ConstantTimeEq;
 
 pub use error::{ApiError, UNAUTHORIZED_MESSAGE};
 pub use routes::{configure, MAX_BODY_BYTES, MAX_IDS_PER_REQUEST};
+use state::State;
 
 /// Worker threads: the API is light and the cores belong to the streams, but
 /// a second worker keeps `/health` answering while another request encodes
@@ -41,16 +43,6 @@ pub struct ControlContext {
     pub stats: StatsRegistry,
     /// The resolved bearer token; `None` leaves every route open.
     pub token: Option<String>,
-}
-
-/// Shared by every worker: built once in [`start`].
-pub(crate) struct State {
-    pub(crate) supervisor: Addr<StreamSupervisor>,
-    pub(crate) stats: StatsRegistry,
-    pub(crate) metrics: Metrics,
-    /// Built once: registering per request would re-describe every family.
-    pub(crate) registry: Registry,
-    pub(crate) token: Option<String>,
 }
 
 /// A running control API.

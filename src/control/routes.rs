@@ -10,16 +10,15 @@ use actix_web::error::JsonPayloadError;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::de::{self, Deserializer, Unexpected, Visitor};
+use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
-use streamherd_actors::control_messages::{
-    ChangeFollows, Consolidate, FollowsChanged, GetHealth, GetPlanner, PlannerAddr, ReloadPredicates, SourceHealth,
-};
-use streamherd_actors::shard_planner::{PlanError, ShardPlanner};
-use streamherd_actors::stats::ConnectionSnapshot;
-use streamherd_actors::supervisor::Shutdown;
+use streamherd_actors::connection::stats::ConnectionSnapshot;
+use streamherd_actors::messages::{ChangeFollows, FollowsChanged, SourceHealth};
+use streamherd_actors::source::SourceHandle;
+use streamherd_actors::supervisor::{GetHealth, GetSource, ReloadSources, Shutdown};
 
-use super::{ApiError, State};
+use super::error::ApiError;
+use super::state::State;
 
 /// Largest request body (SPEC 6: 100,000 ids fit many times over).
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -143,7 +142,7 @@ struct StreamRow {
     follow: Vec<u64>,
     track: Vec<String>,
     locations: Vec<String>,
-    /// Mastodon streams.
+    /// Named streams (Mastodon).
     streams: Vec<String>,
     messages: u64,
     bytes: u64,
@@ -197,8 +196,7 @@ async fn metrics(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
 
 /// `POST /update`: re-read follow files and config predicates (seed 002).
 async fn update(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
-    let answers =
-        state.supervisor.send(ReloadPredicates).timeout(ASK_TIMEOUT).await?.map_err(ApiError::ReloadFailed)?;
+    let answers = state.supervisor.send(ReloadSources).timeout(ASK_TIMEOUT).await?.map_err(ApiError::ReloadFailed)?;
     for (source, changed) in &answers {
         tracing::info!(source = %source, follows = changed.follows, added = changed.added, removed = changed.removed, applied = %changed.applied, "predicates reloaded via the control API");
     }
@@ -206,42 +204,33 @@ async fn update(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "status": "scheduled", "sources": sources })))
 }
 
-/// A user id in a follows body: a positive integer, or a string of digits
-/// (JavaScript clients cannot hold ids over 2^53 as numbers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct UserId(u64);
+/// An id in a follows body: a number, or a string (JavaScript clients
+/// cannot hold ids over 2^53 as numbers; other kinds' ids are strings). It
+/// travels as text; the source's kind says whether it is a valid id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FollowId(String);
 
-impl<'de> Deserialize<'de> for UserId {
+impl<'de> Deserialize<'de> for FollowId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct IdVisitor;
 
         impl Visitor<'_> for IdVisitor {
-            type Value = UserId;
+            type Value = FollowId;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a user id: a positive integer or a string of digits")
+                f.write_str("an id: an integer or a string")
             }
 
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<UserId, E> {
-                if v == 0 {
-                    return Err(E::invalid_value(Unexpected::Unsigned(v), &self));
-                }
-                Ok(UserId(v))
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<FollowId, E> {
+                Ok(FollowId(v.to_string()))
             }
 
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<UserId, E> {
-                match u64::try_from(v) {
-                    Ok(v) => self.visit_u64(v),
-                    Err(_) => Err(E::invalid_value(Unexpected::Signed(v), &self)),
-                }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<FollowId, E> {
+                Ok(FollowId(v.to_string()))
             }
 
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<UserId, E> {
-                // Only plain digits: "+5", " 5" and "5.0" are mistakes worth reporting.
-                match v.parse::<u64>() {
-                    Ok(n) if v.bytes().all(|b| b.is_ascii_digit()) => self.visit_u64(n),
-                    _ => Err(E::invalid_value(Unexpected::Str(v), &self)),
-                }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FollowId, E> {
+                Ok(FollowId(v.to_owned()))
             }
         }
 
@@ -254,16 +243,16 @@ impl<'de> Deserialize<'de> for UserId {
 #[serde(deny_unknown_fields)]
 struct FollowsBody {
     #[serde(default)]
-    add: Option<Vec<UserId>>,
+    add: Option<Vec<FollowId>>,
     #[serde(default)]
-    remove: Option<Vec<UserId>>,
+    remove: Option<Vec<FollowId>>,
 }
 
 impl FollowsBody {
     /// Checks the rules serde cannot express and builds the message.
     fn into_message(self) -> Result<ChangeFollows, ApiError> {
-        let add: Vec<u64> = self.add.unwrap_or_default().into_iter().map(|id| id.0).collect();
-        let remove: Vec<u64> = self.remove.unwrap_or_default().into_iter().map(|id| id.0).collect();
+        let add: Vec<String> = self.add.unwrap_or_default().into_iter().map(|id| id.0).collect();
+        let remove: Vec<String> = self.remove.unwrap_or_default().into_iter().map(|id| id.0).collect();
         if add.is_empty() && remove.is_empty() {
             return Err(ApiError::BadRequest("nothing to change: give `add` and/or `remove` ids".into()));
         }
@@ -273,7 +262,7 @@ impl FollowsBody {
                 add.len() + remove.len()
             )));
         }
-        let removing: std::collections::HashSet<u64> = remove.iter().copied().collect();
+        let removing: std::collections::HashSet<&String> = remove.iter().collect();
         if let Some(both) = add.iter().find(|id| removing.contains(id)) {
             return Err(ApiError::BadRequest(format!("id {both} is both in `add` and in `remove`")));
         }
@@ -281,13 +270,18 @@ impl FollowsBody {
     }
 }
 
-/// The planner of `name`, or a 404.
-async fn planner(state: &State, name: &str) -> Result<actix::Addr<ShardPlanner>, ApiError> {
-    match state.supervisor.send(GetPlanner { source: name.to_owned() }).timeout(ASK_TIMEOUT).await? {
-        Some(PlannerAddr::Twitter(addr)) => Ok(addr),
-        Some(PlannerAddr::Mastodon(_)) => Err(ApiError::Plan(PlanError::NotApplicable(format!(
-            "source `{name}` is a mastodon source: change its `streams` in the config and POST /update"
-        )))),
+/// Waits for a source's answer, at most [`ASK_TIMEOUT`].
+async fn ask<T>(answer: impl std::future::Future<Output = Result<T, actix::MailboxError>>) -> Result<T, ApiError> {
+    match tokio::time::timeout(ASK_TIMEOUT, answer).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(actix::MailboxError::Timeout.into()),
+    }
+}
+
+/// The running source `name`, or a 404.
+async fn source(state: &State, name: &str) -> Result<SourceHandle, ApiError> {
+    match state.supervisor.send(GetSource { source: name.to_owned() }).timeout(ASK_TIMEOUT).await? {
+        Some(handle) => Ok(handle),
         None => Err(ApiError::UnknownSource(name.to_owned())),
     }
 }
@@ -300,16 +294,16 @@ async fn change_follows(
 ) -> Result<HttpResponse, ApiError> {
     let msg = body.into_inner().into_message()?;
     let (asked_add, asked_remove) = (msg.add.len(), msg.remove.len());
-    let planner = planner(&state, &name).await?;
-    let changed = planner.send(msg).timeout(ASK_TIMEOUT).await??;
+    let source = source(&state, &name).await?;
+    let changed = ask(source.change_follows(msg)).await??;
     tracing::info!(source = %name, asked_add, asked_remove, follows = changed.follows, added = changed.added, removed = changed.removed, applied = %changed.applied, "follows changed via the control API");
     Ok(HttpResponse::Ok().json(changed))
 }
 
 /// `POST /sources/{name}/consolidate`: repack a site source (seed 000).
 async fn consolidate(state: web::Data<State>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let planner = planner(&state, &name).await?;
-    let done = planner.send(Consolidate).timeout(ASK_TIMEOUT).await??;
+    let source = source(&state, &name).await?;
+    let done = ask(source.consolidate()).await??;
     tracing::info!(source = %name, before = done.before, after = done.after, moved = done.moved, "consolidated via the control API");
     Ok(HttpResponse::Ok().json(done))
 }
@@ -330,7 +324,7 @@ async fn stop(state: web::Data<State>) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use streamherd_actors::stats::{Carries, ConnectionState};
+    use streamherd_actors::connection::stats::{Carries, ConnectionState};
 
     fn source(healthy: &[&str], unhealthy: &[&str], failed: &[(&str, &str)]) -> SourceHealth {
         SourceHealth {
@@ -386,21 +380,19 @@ mod tests {
 
     #[test]
     fn follows_bodies_take_numbers_and_digit_strings() {
-        let m = body(r#"{"add":[1,"18446744073709551615"],"remove":[3]}"#).unwrap();
-        assert_eq!((m.add, m.remove), (vec![1, u64::MAX], vec![3]));
+        let m = body(r#"{"add":[1,"18446744073709551615","did:plc:abc"],"remove":[3]}"#).unwrap();
+        assert_eq!(m.add, vec!["1".to_owned(), u64::MAX.to_string(), "did:plc:abc".to_owned()]);
+        assert_eq!(m.remove, vec!["3".to_owned()]);
         let m = body(r#"{"remove":[7]}"#).unwrap();
         assert!(m.add.is_empty());
-        assert_eq!(body(r#"{"add":null,"remove":[7]}"#).unwrap().remove, vec![7]);
+        assert_eq!(body(r#"{"add":null,"remove":[7]}"#).unwrap().remove, vec!["7".to_owned()]);
     }
 
     #[test]
     fn bad_follows_bodies_are_refused_with_a_reason() {
         for (json, needle) in [
-            (r#"{"add":[-1]}"#, "positive integer"),
             (r#"{"add":[1.5]}"#, "floating point"),
-            (r#"{"add":["12a"]}"#, "string \"12a\""),
-            (r#"{"add":[" 12"]}"#, "string \" 12\""),
-            (r#"{"add":[0]}"#, "integer `0`"),
+            (r#"{"add":[true]}"#, "boolean"),
             (r#"{"add":1}"#, "a sequence"),
             (r#"{"add":[1],"extra":true}"#, "unknown field `extra`"),
             (r#"{}"#, "nothing to change"),

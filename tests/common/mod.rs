@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use streamherd::app::{self, Running};
 use streamherd::config;
-use streamherd_actors::sinks::SinkRegistry;
+
 use streamherd_actors::supervisor::Shutdown;
 use streamherd_sim::{self as simulator, Scenario, SimCredentials, SimHandle, SimulatorConfig};
 
@@ -56,9 +56,7 @@ impl TestConfig {
     /// Writes `body` (with `{dir}` replaced by the temp dir) to config.toml.
     pub fn new(body: &str) -> TestConfig {
         let dir = tempfile::tempdir().unwrap();
-        let body = body.replace("{dir}", &dir.path().display().to_string());
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, body).unwrap();
+        let path = write_config(dir.path(), body);
         TestConfig { dir, path }
     }
 
@@ -67,39 +65,139 @@ impl TestConfig {
     }
 
     pub fn load(&self) -> config::Config {
-        config::load(&self.path, &SinkRegistry::builtin()).expect("valid config")
+        config::load(&self.path, &streamherd::Registries::builtin()).expect("valid config")
+    }
+}
+
+/// Writes `body` to `dir/config.toml`, `{dir}` replaced by `dir`.
+pub fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let body = body.replace("{dir}", &dir.display().to_string());
+    let path = dir.join("config.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// The one config builder of the tests: `[service]` with `state_dir` in the
+/// temp dir and no stats line, fast backoff, and the sources and sinks a
+/// test adds. `{dir}` in any text stands for the temp dir.
+#[derive(Debug, Clone)]
+pub struct Conf {
+    service: Vec<String>,
+    backoff: Option<String>,
+    tables: Vec<String>,
+    sources: Vec<String>,
+    sinks: Vec<String>,
+}
+
+impl Default for Conf {
+    fn default() -> Self {
+        Conf::new()
+    }
+}
+
+impl Conf {
+    pub fn new() -> Conf {
+        Conf {
+            service: vec!["state_dir = \"{dir}/state\"".into(), "stats_interval_s = 0".into()],
+            backoff: Some(FAST_BACKOFF.into()),
+            tables: Vec::new(),
+            sources: Vec::new(),
+            sinks: Vec::new(),
+        }
+    }
+
+    /// Another `[service]` line (`key = value`); a key given again replaces the default.
+    pub fn service(mut self, line: &str) -> Conf {
+        let key = line.split('=').next().unwrap_or("").trim().to_owned();
+        self.service.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
+        self.service.push(line.to_owned());
+        self
+    }
+
+    /// `[backoff]` as given instead of the fast one; `None` leaves the defaults.
+    pub fn backoff(mut self, table: Option<&str>) -> Conf {
+        self.backoff = table.map(str::to_owned);
+        self
+    }
+
+    /// Another table, e.g. `[control]` or `[simulator]`, written as given.
+    pub fn table(mut self, toml: &str) -> Conf {
+        self.tables.push(toml.to_owned());
+        self
+    }
+
+    /// A `[[sources]]` table: `name`, `kind`, then `body` as given.
+    pub fn source(mut self, name: &str, kind: &str, body: &str) -> Conf {
+        self.sources.push(format!("[[sources]]\nname = \"{name}\"\nkind = \"{kind}\"\n{body}\n"));
+        self
+    }
+
+    /// A Twitter source against the simulator, with the demo credentials.
+    pub fn twitter(self, name: &str, kind: &str, sim: &SimHandle, body: &str) -> Conf {
+        let url = sim.base_url();
+        self.source(name, kind, &format!("base_url = \"{url}\"\n{body}\n{DEMO_AUTH}"))
+    }
+
+    /// A Mastodon source against the simulator, with the demo token.
+    pub fn mastodon(self, name: &str, sim: &SimHandle, transport: &str, streams: &[&str], body: &str) -> Conf {
+        let streams: Vec<String> = streams.iter().map(|s| format!("{s:?}")).collect();
+        let url = sim.base_url();
+        let auth = format!("auth = {{ kind = \"bearer\", token = \"{}\" }}", streamherd_sim::DEMO_MASTODON_TOKEN);
+        let streams = streams.join(", ");
+        self.source(
+            name,
+            "mastodon",
+            &format!("base_url = \"{url}\"\ntransport = \"{transport}\"\nstreams = [{streams}]\n{auth}\n{body}"),
+        )
+    }
+
+    /// A `[[sinks]]` table written as given (without the header).
+    pub fn sink(mut self, body: &str) -> Conf {
+        self.sinks.push(format!("[[sinks]]\n{body}\n"));
+        self
+    }
+
+    /// The file sink `archive`: envelopes in `{dir}/data/{source}.jsonl`, no fsync, plus `extra` lines.
+    pub fn file_sink(self, extra: &str) -> Conf {
+        self.sink(&format!(
+            "name = \"archive\"\nkind = \"file\"\npath = \"{{dir}}/data/{{source}}.jsonl\"\nfsync = \"never\"\n{extra}"
+        ))
+    }
+
+    /// The TOML text, `{dir}` still in it.
+    pub fn render(&self) -> String {
+        let mut out = format!("[service]\n{}\n", self.service.join("\n"));
+        if let Some(b) = &self.backoff {
+            out.push_str(b);
+            out.push('\n');
+        }
+        for t in self.tables.iter().chain(&self.sources).chain(&self.sinks) {
+            out.push_str(t);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Written into a new temp dir.
+    pub fn write(&self) -> TestConfig {
+        TestConfig::new(&self.render())
+    }
+
+    /// Written into `dir` (for services run as a separate process).
+    pub fn write_to(&self, dir: &Path) -> PathBuf {
+        write_config(dir, &self.render())
     }
 }
 
 /// A config with one source of `kind` against the simulator and one file sink
 /// writing envelopes to `{dir}/data/{source}.jsonl`.
 pub fn one_source(sim: &SimHandle, kind: &str, extra: &str) -> TestConfig {
-    TestConfig::new(&format!(
-        r#"
-[service]
-state_dir = "{{dir}}/state"
-stats_interval_s = 0
-{FAST_BACKOFF}
-[[sources]]
-name = "src"
-kind = "{kind}"
-base_url = "{url}"
-{extra}
-{DEMO_AUTH}
-
-[[sinks]]
-name = "archive"
-kind = "file"
-path = "{{dir}}/data/{{source}}.jsonl"
-fsync = "never"
-"#,
-        url = sim.base_url()
-    ))
+    Conf::new().twitter("src", kind, sim, extra).file_sink("").write()
 }
 
 /// Starts the service in the current actix System.
 pub async fn start_service(cfg: &TestConfig) -> Running {
-    app::start_embedded(&cfg.load(), &SinkRegistry::builtin()).await.expect("service starts")
+    app::start_embedded(&cfg.load(), &streamherd::Registries::builtin()).await.expect("service starts")
 }
 
 /// Graceful stop: streams closed, sinks flushed.
@@ -212,6 +310,47 @@ pub fn waits_between_attempts(sim: &SimHandle) -> Vec<Duration> {
 /// A free loopback port (for processes that must be told their port up front).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `bin` with `args`, run in `cwd`, without the caller's config and log environment.
+pub fn command(bin: &str, args: &[&str], cwd: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(bin);
+    c.args(args).current_dir(cwd).env_remove("STREAMHERD_CONFIG").env_remove("RUST_LOG");
+    c
+}
+
+/// Waits for `cond` with a bound, polling every 20 ms.
+pub fn wait_blocking(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn spawn(cmd: &mut std::process::Command) -> Guard {
+    Guard(cmd.spawn().expect("the process starts"))
+}
+
+pub fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+pub fn wait_exit_blocking(child: &mut std::process::Child, timeout: Duration) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Kills the child when dropped, so a failing test never leaves a service running.

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Deserialize;
 
-use crate::messages::Event;
+use crate::event::Event;
 
 /// What a sink writes for each event (`format = "..."` in a sink table).
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -150,7 +150,11 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::messages::EventKind;
+    use crate::event::EventKind;
+
+    const TWEET: EventKind = EventKind::new("tweet");
+    const EVENT: EventKind = EventKind::new("event");
+    const STATUS_UPDATE: EventKind = EventKind::new("status.update");
 
     fn at(secs: i64, micros: u32) -> DateTime<Utc> {
         Utc.timestamp_opt(secs, micros * 1_000).single().expect("valid test timestamp")
@@ -162,7 +166,7 @@ mod tests {
     fn tweet() -> Event {
         Event {
             source: Arc::from("election"),
-            kind: EventKind::Tweet,
+            kind: TWEET,
             id: Some("1234567890".into()),
             received_at: at(T0, 123_456),
             connection: Arc::from("election/3"),
@@ -195,7 +199,7 @@ mod tests {
     fn envelope_of_a_site_stream_event_has_for_user() {
         let event = Event {
             source: Arc::from("app-users"),
-            kind: EventKind::Event,
+            kind: EVENT,
             id: None,
             received_at: at(T0, 7),
             connection: Arc::from("app-users/0"),
@@ -218,7 +222,7 @@ mod tests {
     fn envelope_of_a_mastodon_event_has_the_stream() {
         let event = Event {
             source: Arc::from("fedi"),
-            kind: EventKind::StatusUpdate,
+            kind: STATUS_UPDATE,
             id: Some("109".into()),
             received_at: at(T0 + 59, 999_999),
             connection: Arc::from("fedi/1"),

@@ -14,9 +14,10 @@ use chrono::format::{Item, StrftimeItems};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 
-use super::{encode_event, parse_settings, OutputFormat, Sink, SinkBuildContext, SinkKind};
+use super::encode::{encode_event, OutputFormat};
+use super::sink::{parse_settings, Sink, SinkBuildContext, SinkKind};
 use crate::error::SinkError;
-use crate::messages::Event;
+use crate::event::Event;
 
 /// The `file` sink kind, as registered in [`super::SinkRegistry::builtin`].
 pub const KIND: SinkKind = SinkKind { name: "file", build, preflight };
@@ -595,7 +596,9 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::messages::EventKind;
+    use crate::event::EventKind;
+
+    const TWEET: EventKind = EventKind::new("tweet");
 
     /// 2026-11-22T10:00:00Z.
     const T0: i64 = 1_795_341_600;
@@ -611,7 +614,7 @@ mod tests {
     fn event(source: &str, id: usize) -> Event {
         Event {
             source: Arc::from(source),
-            kind: EventKind::Tweet,
+            kind: TWEET,
             id: Some(id.to_string().into()),
             received_at: at(T0),
             connection: Arc::from(format!("{source}/0")),

@@ -6,9 +6,10 @@ use std::io::{BufWriter, Write};
 
 use serde::Deserialize;
 
-use super::{encode_event, parse_settings, OutputFormat, Sink, SinkBuildContext, SinkKind};
+use super::encode::{encode_event, OutputFormat};
+use super::sink::{parse_settings, Sink, SinkBuildContext, SinkKind};
 use crate::error::SinkError;
-use crate::messages::Event;
+use crate::event::Event;
 
 /// The `stdout` sink kind, as registered in [`super::SinkRegistry::builtin`].
 pub const KIND: SinkKind = SinkKind { name: "stdout", build, preflight };
@@ -87,7 +88,9 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::messages::EventKind;
+    use crate::event::EventKind;
+
+    const TWEET: EventKind = EventKind::new("tweet");
 
     fn ctx(index: usize) -> SinkBuildContext {
         SinkBuildContext { name: "console".into(), index, state_dir: PathBuf::from("state") }
@@ -96,7 +99,7 @@ mod tests {
     fn event(id: &str) -> Event {
         Event {
             source: Arc::from("election"),
-            kind: EventKind::Tweet,
+            kind: TWEET,
             id: Some(id.into()),
             received_at: Utc::now(),
             connection: Arc::from("election/0"),

@@ -8,7 +8,8 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::messages::EventKind;
+use super::kinds;
+use crate::event::EventKind;
 
 /// What classification learnt about one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +167,7 @@ pub fn classify_twitter(payload: &[u8]) -> Result<Classified, ClassifyError> {
 
 fn classify_top(t: &TopLevel<'_>) -> Classified {
     let mut c = Classified {
-        kind: EventKind::Unknown,
+        kind: EventKind::UNKNOWN,
         id: None,
         for_user: None,
         disconnect_code: None,
@@ -176,39 +177,39 @@ fn classify_top(t: &TopLevel<'_>) -> Classified {
     // Twitter4J's order: sender, text, direct_message, delete, limit, warning,
     // scrub_geo, friends, event; then the rarer ones.
     if t.sender {
-        c.kind = EventKind::DirectMessage;
+        c.kind = kinds::DIRECT_MESSAGE;
         c.id = own_id(t.id_str, t.id);
     } else if t.text {
-        c.kind = EventKind::Tweet;
+        c.kind = kinds::TWEET;
         c.id = own_id(t.id_str, t.id);
     } else if let Some(dm) = t.direct_message {
-        c.kind = EventKind::DirectMessage;
+        c.kind = kinds::DIRECT_MESSAGE;
         c.id = nested_id(dm);
     } else if let Some(del) = t.delete {
-        c.kind = EventKind::Delete;
+        c.kind = kinds::DELETE;
         c.id = deleted_id(del);
     } else if let Some(limit) = t.limit {
-        c.kind = EventKind::Limit;
+        c.kind = kinds::LIMIT;
         c.limit_track = serde_json::from_str::<LimitBody>(limit.get()).ok().and_then(|l| l.track);
     } else if t.warning {
-        c.kind = EventKind::Warning;
+        c.kind = kinds::WARNING;
     } else if t.scrub_geo {
-        c.kind = EventKind::ScrubGeo;
+        c.kind = kinds::SCRUB_GEO;
     } else if t.friends {
-        c.kind = EventKind::Friends;
+        c.kind = kinds::FRIENDS;
     } else if t.event {
-        c.kind = EventKind::Event;
+        c.kind = kinds::EVENT;
     } else if let Some(d) = t.disconnect {
-        c.kind = EventKind::Disconnect;
+        c.kind = kinds::DISCONNECT;
         c.disconnect_code = serde_json::from_str::<DisconnectBody>(d.get()).ok().and_then(|d| d.code);
     } else if let Some(w) = t.status_withheld {
-        c.kind = EventKind::StatusWithheld;
+        c.kind = kinds::STATUS_WITHHELD;
         c.id = nested_id(w);
     } else if let Some(w) = t.user_withheld {
-        c.kind = EventKind::UserWithheld;
+        c.kind = kinds::USER_WITHHELD;
         c.id = nested_id(w);
     } else if let Some(ctl) = t.control {
-        c.kind = EventKind::Control;
+        c.kind = kinds::CONTROL;
         c.control_uri = serde_json::from_str::<ControlBody>(ctl.get()).ok().and_then(|c| c.control_uri);
     }
     c
@@ -287,42 +288,43 @@ mod tests {
 
     #[test]
     fn every_twitter_kind() {
-        use EventKind::*;
+        use crate::twitter::kinds::*;
+        const UNKNOWN: EventKind = EventKind::UNKNOWN;
         let cases: &[(&str, EventKind, Option<&str>)] = &[
-            (r#"{"created_at":"x","id":1,"id_str":"1","text":"hi","user":{"id":2}}"#, Tweet, Some("1")),
-            (r#"{"id":7,"full_text":"long"}"#, Tweet, Some("7")),
+            (r#"{"created_at":"x","id":1,"id_str":"1","text":"hi","user":{"id":2}}"#, TWEET, Some("1")),
+            (r#"{"id":7,"full_text":"long"}"#, TWEET, Some("7")),
             (
                 r#"{"delete":{"status":{"id":1234,"id_str":"1234","user_id":3,"user_id_str":"3"}}}"#,
-                Delete,
+                DELETE,
                 Some("1234"),
             ),
-            (r#"{"delete":{"direct_message":{"id":5,"user_id":3}}}"#, Delete, Some("5")),
-            (r#"{"scrub_geo":{"user_id":14090452,"up_to_status_id":23260136625}}"#, ScrubGeo, None),
-            (r#"{"limit":{"track":1234,"timestamp_ms":"1477757470194"}}"#, Limit, None),
+            (r#"{"delete":{"direct_message":{"id":5,"user_id":3}}}"#, DELETE, Some("5")),
+            (r#"{"scrub_geo":{"user_id":14090452,"up_to_status_id":23260136625}}"#, SCRUB_GEO, None),
+            (r#"{"limit":{"track":1234,"timestamp_ms":"1477757470194"}}"#, LIMIT, None),
             (
                 r#"{"status_withheld":{"id":1234567890,"user_id":123456,"withheld_in_countries":["DE"]}}"#,
-                StatusWithheld,
+                STATUS_WITHHELD,
                 Some("1234567890"),
             ),
-            (r#"{"user_withheld":{"id":123456,"withheld_in_countries":["DE","AR"]}}"#, UserWithheld, Some("123456")),
-            (r#"{"disconnect":{"code":4,"stream_name":"s","reason":"r"}}"#, Disconnect, None),
-            (r#"{"warning":{"code":"FALLING_BEHIND","message":"m","percent_full":60}}"#, Warning, None),
-            (r#"{"warning":{"code":"FOLLOWS_OVER_LIMIT","message":"m","user_id":123}}"#, Warning, None),
-            (r#"{"friends":[1,2,3]}"#, Friends, None),
-            (r#"{"friends_str":["1","2"]}"#, Friends, None),
+            (r#"{"user_withheld":{"id":123456,"withheld_in_countries":["DE","AR"]}}"#, USER_WITHHELD, Some("123456")),
+            (r#"{"disconnect":{"code":4,"stream_name":"s","reason":"r"}}"#, DISCONNECT, None),
+            (r#"{"warning":{"code":"FALLING_BEHIND","message":"m","percent_full":60}}"#, WARNING, None),
+            (r#"{"warning":{"code":"FOLLOWS_OVER_LIMIT","message":"m","user_id":123}}"#, WARNING, None),
+            (r#"{"friends":[1,2,3]}"#, FRIENDS, None),
+            (r#"{"friends_str":["1","2"]}"#, FRIENDS, None),
             (
                 r#"{"event":"favorite","created_at":"x","source":{},"target":{},"target_object":{"id":1,"text":"t"}}"#,
-                Event,
+                EVENT,
                 None,
             ),
             (
                 r#"{"direct_message":{"id":9,"id_str":"9","text":"hey","sender":{},"recipient":{}}}"#,
-                DirectMessage,
+                DIRECT_MESSAGE,
                 Some("9"),
             ),
-            (r#"{"control":{"control_uri":"/1.1/site/c/1_1_54e3"}}"#, Control, None),
-            (r#"{"some_future_notice":{"x":1}}"#, Unknown, None),
-            (r#"{}"#, Unknown, None),
+            (r#"{"control":{"control_uri":"/1.1/site/c/1_1_54e3"}}"#, CONTROL, None),
+            (r#"{"some_future_notice":{"x":1}}"#, UNKNOWN, None),
+            (r#"{}"#, UNKNOWN, None),
         ];
         for (json, want_kind, want_id) in cases {
             let (k, id) = kind(json);
@@ -344,18 +346,18 @@ mod tests {
     #[test]
     fn site_envelope_is_unwrapped() {
         let c = classify_twitter(br#"{"for_user":1888,"message":{"id":5,"id_str":"5","text":"x"}}"#).unwrap();
-        assert_eq!((c.kind, c.id.as_deref(), c.for_user), (EventKind::Tweet, Some("5"), Some(1888)));
+        assert_eq!((c.kind, c.id.as_deref(), c.for_user), (kinds::TWEET, Some("5"), Some(1888)));
         let c = classify_twitter(br#"{"message":{"friends":[1]},"for_user":"77"}"#).unwrap();
-        assert_eq!((c.kind, c.for_user), (EventKind::Friends, Some(77)));
+        assert_eq!((c.kind, c.for_user), (kinds::FRIENDS, Some(77)));
     }
 
     #[test]
     fn escaped_keys_and_nested_text_do_not_confuse() {
         // "text" only nested, not top-level: an event, not a tweet.
         let (k, _) = kind(r#"{"event":"favorite","target_object":{"text":"t","id_str":"3"}}"#);
-        assert_eq!(k, EventKind::Event);
+        assert_eq!(k, kinds::EVENT);
         let (k, id) = kind(r#"{"\u0074ext":"escaped key","id_str":"42"}"#);
-        assert_eq!((k, id.as_deref()), (EventKind::Tweet, Some("42")));
+        assert_eq!((k, id.as_deref()), (kinds::TWEET, Some("42")));
     }
 
     #[test]

@@ -17,11 +17,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::encode::{push_json_str, push_timestamp, push_u64};
+use super::sink::Sink;
 use crate::error::SinkError;
-use crate::messages::{Event, EventKind};
+use crate::event::{Event, EventKind};
 use crate::metrics::{Metrics, SourceLabel};
-use crate::sinks::encode::{push_json_str, push_timestamp, push_u64};
-use crate::sinks::Sink;
 
 /// Attempts per batch before its events are dropped.
 const WRITE_ATTEMPTS: u32 = 5;
@@ -37,9 +37,6 @@ const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 /// Semaphore permits are taken `u32` at a time.
 const MAX_BUFFER: usize =
     if Semaphore::MAX_PERMITS < u32::MAX as usize { Semaphore::MAX_PERMITS } else { u32::MAX as usize };
-
-// `kinds` filters are a bit mask over `EventKind::index`.
-const _: () = assert!(EventKind::ALL.len() <= 32);
 
 /// What a sink does with new events when its queue is full (`when_full`).
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,14 +85,13 @@ pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -
     let actor =
         SinkActor { sink: Some(sink), name: options.name.clone(), counters: counters.clone(), flush_due: false };
     let addr = SinkActor::start_in_arbiter(&arbiter, move |_| actor);
-    let kinds = options.kinds.map(|kinds| kinds.iter().fold(0u32, |mask, k| mask | kind_bit(*k)));
     SinkHandle {
         shared: Arc::new(Shared {
             connection: Arc::from(format!("sink/{}", options.name)),
             name: options.name,
             capacity,
             when_full: options.when_full,
-            kinds,
+            kinds: options.kinds,
             sources: options.sources,
             permits: Arc::new(Semaphore::new(capacity)),
             addr,
@@ -105,10 +101,6 @@ pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -
             dropped_runs: Mutex::new(Vec::new()),
         }),
     }
-}
-
-fn kind_bit(kind: EventKind) -> u32 {
-    1 << kind.index()
 }
 
 /// This sink's metric handles, resolved once so the hot path takes no lock.
@@ -132,8 +124,8 @@ struct Shared {
     connection: Arc<str>,
     capacity: usize,
     when_full: WhenFull,
-    /// Bit mask of accepted kinds.
-    kinds: Option<u32>,
+    /// Accepted kinds; `None` takes every kind.
+    kinds: Option<Vec<EventKind>>,
     sources: Option<Vec<String>>,
     /// One permit per queued event; a permit travels with its event and is
     /// released once the event is written, which is what bounds the queue.
@@ -170,7 +162,7 @@ impl DroppedRun {
         payload.extend_from_slice(b"\"}");
         Event {
             source: self.source.clone(),
-            kind: EventKind::Gap,
+            kind: EventKind::GAP,
             id: None,
             received_at: Utc::now(),
             connection: shared.connection.clone(),
@@ -194,8 +186,8 @@ impl std::fmt::Debug for SinkHandle {
 
 impl Shared {
     fn accepts_kind(&self, kind: EventKind) -> bool {
-        match self.kinds {
-            Some(mask) => mask & kind_bit(kind) != 0,
+        match &self.kinds {
+            Some(kinds) => kinds.contains(&kind),
             None => true,
         }
     }
@@ -267,7 +259,7 @@ impl SinkHandle {
 
     fn enqueue_or_drop(&self, events: Arc<[Event]>) {
         let shared = &*self.shared;
-        let emit_gaps = shared.accepts_kind(EventKind::Gap);
+        let emit_gaps = shared.accepts_kind(EventKind::GAP);
         // Held across the permit check so that two producers cannot both
         // take the same pending runs or both count on the same free room.
         let mut runs = shared.dropped_runs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -586,6 +578,11 @@ mod tests {
 
     use super::*;
 
+    const TWEET: EventKind = EventKind::new("tweet");
+    const DELETE: EventKind = EventKind::new("delete");
+    const UPDATE: EventKind = EventKind::new("update");
+    const NOTIFICATION: EventKind = EventKind::new("notification");
+
     /// 2026-11-22T10:00:00Z.
     const T0: i64 = 1_795_341_600;
 
@@ -607,7 +604,7 @@ mod tests {
     }
 
     fn tweets(source: &str, ids: std::ops::Range<u64>) -> Arc<[Event]> {
-        ids.map(|id| event(source, EventKind::Tweet, id)).collect()
+        ids.map(|id| event(source, TWEET, id)).collect()
     }
 
     /// A closed gate blocks the sink's writes until it opens; it opens on drop
@@ -738,17 +735,17 @@ mod tests {
     async fn kinds_and_sources_filter_events() {
         let recorder = Recorder::default();
         let mut opts = options(100, WhenFull::Block);
-        opts.kinds = Some(vec![EventKind::Tweet, EventKind::Update]);
+        opts.kinds = Some(vec![TWEET, UPDATE]);
         opts.sources = Some(vec!["election".into(), "fedi".into()]);
         let sink = start(&recorder, opts, &Metrics::default());
         assert_eq!(sink.name(), "archive");
 
         let events: Arc<[Event]> = vec![
-            event("election", EventKind::Tweet, 1),
-            event("election", EventKind::Delete, 2),
-            event("other", EventKind::Tweet, 3),
-            event("fedi", EventKind::Update, 4),
-            event("fedi", EventKind::Notification, 5),
+            event("election", TWEET, 1),
+            event("election", DELETE, 2),
+            event("other", TWEET, 3),
+            event("fedi", UPDATE, 4),
+            event("fedi", NOTIFICATION, 5),
         ]
         .into();
         assert!(sink.accepts(&events[0]));
@@ -814,8 +811,8 @@ mod tests {
 
         let written = recorder.written();
         let kinds: Vec<EventKind> = written.iter().map(|e| e.kind).collect();
-        use EventKind::{Gap, Tweet};
-        assert_eq!(kinds, [Tweet, Tweet, Tweet, Tweet, Gap, Gap, Tweet, Tweet]);
+        let gap = EventKind::GAP;
+        assert_eq!(kinds, [TWEET, TWEET, TWEET, TWEET, gap, gap, TWEET, TWEET]);
         assert_eq!(recorder.ids()[6..], ["30", "31"]);
 
         let gap_a = &written[4];
@@ -866,7 +863,7 @@ mod tests {
         let recorder = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
         let metrics = Metrics::default();
         let mut opts = options(2, WhenFull::DropNewest);
-        opts.kinds = Some(vec![EventKind::Tweet]);
+        opts.kinds = Some(vec![TWEET]);
         let sink = start(&recorder, opts, &metrics);
 
         within("deliver", sink.deliver(&tweets("a", 0..2))).await;

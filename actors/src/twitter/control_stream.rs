@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::protocol::request::{sign, Method, OAuthCredentials, StreamRequest};
+use super::request::{sign, Method, OAuthCredentials, StreamRequest};
 
 /// Ids one `add_user` / `remove_user` call may carry.
 pub const MAX_IDS_PER_CALL: usize = 100;

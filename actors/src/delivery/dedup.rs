@@ -7,7 +7,7 @@ use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 
-use crate::messages::Event;
+use crate::event::Event;
 
 /// Keys remembered by default: minutes of traffic at usual rates, seconds at a firehose's.
 pub const DEFAULT_WINDOW: usize = 200_000;
@@ -72,9 +72,13 @@ impl DedupWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::EventKind;
+    use crate::event::EventKind;
     use bytes::Bytes;
     use chrono::Utc;
+
+    const TWEET: EventKind = EventKind::new("tweet");
+    const DELETE: EventKind = EventKind::new("delete");
+    const LIMIT: EventKind = EventKind::new("limit");
 
     fn ev(kind: EventKind, id: Option<&str>, for_user: Option<u64>) -> Event {
         Event {
@@ -93,16 +97,15 @@ mod tests {
     fn drops_repeats_by_kind_id_and_user() {
         let w = DedupWindow::new(100);
         let (kept, dropped) = w.filter(vec![
-            ev(EventKind::Tweet, Some("1"), None),
-            ev(EventKind::Tweet, Some("1"), None),
-            ev(EventKind::Delete, Some("1"), None),
-            ev(EventKind::Tweet, Some("1"), Some(7)),
-            ev(EventKind::Limit, None, None),
-            ev(EventKind::Limit, None, None),
+            ev(TWEET, Some("1"), None),
+            ev(TWEET, Some("1"), None),
+            ev(DELETE, Some("1"), None),
+            ev(TWEET, Some("1"), Some(7)),
+            ev(LIMIT, None, None),
+            ev(LIMIT, None, None),
         ]);
         assert_eq!((kept.len(), dropped), (5, 1));
-        let (kept, dropped) =
-            w.filter(vec![ev(EventKind::Tweet, Some("1"), None), ev(EventKind::Tweet, Some("2"), None)]);
+        let (kept, dropped) = w.filter(vec![ev(TWEET, Some("1"), None), ev(TWEET, Some("2"), None)]);
         assert_eq!((kept.len(), dropped), (1, 1));
     }
 
@@ -110,13 +113,13 @@ mod tests {
     fn the_window_is_bounded() {
         let w = DedupWindow::new(10);
         for i in 0..1000 {
-            w.filter(vec![ev(EventKind::Tweet, Some(&i.to_string()), None)]);
+            w.filter(vec![ev(TWEET, Some(&i.to_string()), None)]);
         }
         let ring = w.inner.lock().unwrap();
         assert_eq!((ring.seen.len(), ring.order.len()), (10, 10));
         drop(ring);
         // An old key has been forgotten, a recent one is remembered.
-        assert_eq!(w.filter(vec![ev(EventKind::Tweet, Some("0"), None)]).1, 0);
-        assert_eq!(w.filter(vec![ev(EventKind::Tweet, Some("999"), None)]).1, 1);
+        assert_eq!(w.filter(vec![ev(TWEET, Some("0"), None)]).1, 0);
+        assert_eq!(w.filter(vec![ev(TWEET, Some("999"), None)]).1, 1);
     }
 }

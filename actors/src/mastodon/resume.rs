@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::catch_up::id_cmp;
+use super::catch_up::id_cmp;
 
 /// One stream's position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! into a kind, the SPEC 4 `id`, the `stream` and the payload bytes the
 //! envelope writes (protocols.md B.3-B.5, B.9). Pure: no IO, no actors.
 //!
-//! Like [`classify`](super::classify), nothing here builds a JSON tree: objects
+//! Like the Twitter classifier, nothing here builds a JSON tree: objects
 //! are walked once by their top-level keys, values we do not need are skipped
 //! (and validated) by `IgnoredAny`, the few we need are borrowed as `RawValue`s.
 //!
@@ -21,7 +21,8 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::messages::EventKind;
+use super::kinds;
+use crate::event::EventKind;
 
 /// One decoded Mastodon event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,20 +104,20 @@ pub enum MastodonDecodeError {
 }
 
 /// The kind for a Mastodon event name (case-sensitive, as the server sends
-/// them); anything else, `encrypted_message` included, is [`EventKind::Unknown`].
+/// them); anything else, `encrypted_message` included, is [`EventKind::UNKNOWN`].
 pub fn kind_of(event_name: &str) -> EventKind {
     match event_name {
-        "update" => EventKind::Update,
-        "delete" => EventKind::Delete,
-        "notification" => EventKind::Notification,
-        "conversation" => EventKind::Conversation,
-        "status.update" => EventKind::StatusUpdate,
-        "filters_changed" => EventKind::FiltersChanged,
-        "announcement" => EventKind::Announcement,
-        "announcement.reaction" => EventKind::AnnouncementReaction,
-        "announcement.delete" => EventKind::AnnouncementDelete,
-        "notifications_merged" => EventKind::NotificationsMerged,
-        _ => EventKind::Unknown,
+        "update" => kinds::UPDATE,
+        "delete" => kinds::DELETE,
+        "notification" => kinds::NOTIFICATION,
+        "conversation" => kinds::CONVERSATION,
+        "status.update" => kinds::STATUS_UPDATE,
+        "filters_changed" => kinds::FILTERS_CHANGED,
+        "announcement" => kinds::ANNOUNCEMENT,
+        "announcement.reaction" => kinds::ANNOUNCEMENT_REACTION,
+        "announcement.delete" => kinds::ANNOUNCEMENT_DELETE,
+        "notifications_merged" => kinds::NOTIFICATIONS_MERGED,
+        _ => EventKind::UNKNOWN,
     }
 }
 
@@ -156,7 +157,7 @@ pub fn from_websocket(frame: &[u8]) -> Result<MastodonFrame, MastodonDecodeError
     let (id, payload) = match payload {
         None => match kind {
             // The server leaves `payload` out for filters_changed (B.4).
-            EventKind::FiltersChanged | EventKind::NotificationsMerged | EventKind::Unknown => {
+            kinds::FILTERS_CHANGED | kinds::NOTIFICATIONS_MERGED | EventKind::UNKNOWN => {
                 (None, Bytes::from_static(b"null"))
             }
             _ => return Err(MastodonDecodeError::MissingPayload { event }),
@@ -164,7 +165,7 @@ pub fn from_websocket(frame: &[u8]) -> Result<MastodonFrame, MastodonDecodeError
         Some(raw) => match json_string(raw) {
             Some(s) => decode_payload(kind, &event, Text::Owned(s))?,
             // Not a string: only where no string is required, passed through.
-            None if matches!(kind, EventKind::Unknown | EventKind::FiltersChanged) => {
+            None if matches!(kind, EventKind::UNKNOWN | kinds::FILTERS_CHANGED) => {
                 (None, Bytes::copy_from_slice(raw.get().as_bytes()))
             }
             None => return Err(MastodonDecodeError::PayloadNotString { event }),
@@ -243,18 +244,14 @@ impl Text<'_> {
 
 /// Kinds whose payload is a bare id.
 fn is_bare_id_kind(kind: EventKind) -> bool {
-    matches!(kind, EventKind::Delete | EventKind::AnnouncementDelete)
+    matches!(kind, kinds::DELETE | kinds::ANNOUNCEMENT_DELETE)
 }
 
 /// Kinds whose payload is an object with its own top-level `"id"`.
 fn has_object_id(kind: EventKind) -> bool {
     matches!(
         kind,
-        EventKind::Update
-            | EventKind::StatusUpdate
-            | EventKind::Notification
-            | EventKind::Conversation
-            | EventKind::Announcement
+        kinds::UPDATE | kinds::STATUS_UPDATE | kinds::NOTIFICATION | kinds::CONVERSATION | kinds::ANNOUNCEMENT
     )
 }
 
@@ -267,7 +264,7 @@ fn decode_payload(
 ) -> Result<(Option<Box<str>>, Bytes), MastodonDecodeError> {
     let s = text.as_str();
     match kind {
-        EventKind::Delete | EventKind::AnnouncementDelete => {
+        kinds::DELETE | kinds::ANNOUNCEMENT_DELETE => {
             let id = bare_id(s).unwrap_or_else(|| s.to_owned());
             if id.is_empty() {
                 return Err(MastodonDecodeError::EmptyId { event: event.to_owned() });
@@ -275,24 +272,24 @@ fn decode_payload(
             let payload = json_quote(&id);
             Ok((Some(id.into_boxed_str()), payload))
         }
-        EventKind::NotificationsMerged => {
+        kinds::NOTIFICATIONS_MERGED => {
             // The bare "1": always a JSON string, even though `1` parses as a number.
             let value = json_string_text(s).unwrap_or_else(|| s.to_owned());
             Ok((None, json_quote(&value)))
         }
-        EventKind::FiltersChanged => {
+        kinds::FILTERS_CHANGED => {
             if s.trim().is_empty() || s == "undefined" {
                 return Ok((None, Bytes::from_static(b"null")));
             }
             serde_json::from_str::<IgnoredAny>(s).map_err(|e| json_error("payload", &e))?;
             Ok((None, text.into_bytes()))
         }
-        EventKind::Update
-        | EventKind::StatusUpdate
-        | EventKind::Notification
-        | EventKind::Conversation
-        | EventKind::Announcement
-        | EventKind::AnnouncementReaction => {
+        kinds::UPDATE
+        | kinds::STATUS_UPDATE
+        | kinds::NOTIFICATION
+        | kinds::CONVERSATION
+        | kinds::ANNOUNCEMENT
+        | kinds::ANNOUNCEMENT_REACTION => {
             let id = scan_object(s)?;
             let id = if has_object_id(kind) { id } else { None };
             Ok((id, text.into_bytes()))
@@ -532,19 +529,18 @@ mod tests {
 
     /// (event, payload text as the server sends it, kind, payload bytes out, id).
     fn cases() -> Vec<(&'static str, &'static str, EventKind, &'static str, Option<&'static str>)> {
-        use EventKind::*;
         vec![
-            ("update", STATUS, Update, STATUS, Some("108914327388663283")),
-            ("status.update", EDITED, StatusUpdate, EDITED, Some("108914327388663283")),
-            ("notification", NOTIFICATION, Notification, NOTIFICATION, Some("34975861")),
-            ("conversation", CONVERSATION, Conversation, CONVERSATION, Some("418450")),
-            ("announcement", ANNOUNCEMENT, Announcement, ANNOUNCEMENT, Some("8")),
-            ("announcement.reaction", REACTION, AnnouncementReaction, REACTION, None),
-            ("delete", "106692867363994015", Delete, r#""106692867363994015""#, Some("106692867363994015")),
-            ("announcement.delete", "8", AnnouncementDelete, r#""8""#, Some("8")),
-            ("notifications_merged", "1", NotificationsMerged, r#""1""#, None),
-            ("encrypted_message", r#"{"id":"5","x":1}"#, Unknown, r#"{"id":"5","x":1}"#, None),
-            ("some.future_event", "not json at all", Unknown, r#""not json at all""#, None),
+            ("update", STATUS, kinds::UPDATE, STATUS, Some("108914327388663283")),
+            ("status.update", EDITED, kinds::STATUS_UPDATE, EDITED, Some("108914327388663283")),
+            ("notification", NOTIFICATION, kinds::NOTIFICATION, NOTIFICATION, Some("34975861")),
+            ("conversation", CONVERSATION, kinds::CONVERSATION, CONVERSATION, Some("418450")),
+            ("announcement", ANNOUNCEMENT, kinds::ANNOUNCEMENT, ANNOUNCEMENT, Some("8")),
+            ("announcement.reaction", REACTION, kinds::ANNOUNCEMENT_REACTION, REACTION, None),
+            ("delete", "106692867363994015", kinds::DELETE, r#""106692867363994015""#, Some("106692867363994015")),
+            ("announcement.delete", "8", kinds::ANNOUNCEMENT_DELETE, r#""8""#, Some("8")),
+            ("notifications_merged", "1", kinds::NOTIFICATIONS_MERGED, r#""1""#, None),
+            ("encrypted_message", r#"{"id":"5","x":1}"#, EventKind::UNKNOWN, r#"{"id":"5","x":1}"#, None),
+            ("some.future_event", "not json at all", EventKind::UNKNOWN, r#""not json at all""#, None),
         ]
     }
 
@@ -563,7 +559,7 @@ mod tests {
         // filters_changed: SSE sends nothing (or `undefined`).
         for data in ["", "undefined"] {
             let m = from_sse("filters_changed", data).unwrap();
-            assert_eq!((m.kind, m.id, &m.payload[..]), (EventKind::FiltersChanged, None, &b"null"[..]));
+            assert_eq!((m.kind, m.id, &m.payload[..]), (kinds::FILTERS_CHANGED, None, &b"null"[..]));
         }
     }
 
@@ -580,14 +576,14 @@ mod tests {
             assert_eq!(message_id(kind, &m.payload).as_deref(), id, "{event}");
         }
         let m = ws_event(br#"{"stream":["user"],"event":"filters_changed"}"#);
-        assert_eq!((m.kind, m.id, &m.payload[..]), (EventKind::FiltersChanged, None, &b"null"[..]));
+        assert_eq!((m.kind, m.id, &m.payload[..]), (kinds::FILTERS_CHANGED, None, &b"null"[..]));
         assert_eq!(m.stream, Some(vec!["user".to_owned()]));
     }
 
     #[test]
     fn websocket_delete_is_a_bare_id_in_a_string() {
         let m = ws_event(br#"{"stream":["public:local"],"event":"delete","payload":"106692867363994015"}"#);
-        assert_eq!(m.kind, EventKind::Delete);
+        assert_eq!(m.kind, kinds::DELETE);
         assert_eq!(m.id.as_deref(), Some("106692867363994015"));
         assert_eq!(&m.payload[..], br#""106692867363994015""#);
     }
@@ -619,7 +615,7 @@ mod tests {
         assert_eq!(f, MastodonFrame::Error { message: "x".into(), status: None });
         // `event` present wins: an event that happens to carry an `error` key.
         let m = ws_event(br#"{"stream":["user"],"event":"notifications_merged","payload":"1","error":"x"}"#);
-        assert_eq!(m.kind, EventKind::NotificationsMerged);
+        assert_eq!(m.kind, kinds::NOTIFICATIONS_MERGED);
     }
 
     #[test]
@@ -663,25 +659,14 @@ mod tests {
 
     #[test]
     fn kind_names() {
-        for k in EventKind::ALL {
-            let mastodon = matches!(
-                k,
-                EventKind::Update
-                    | EventKind::Delete
-                    | EventKind::Notification
-                    | EventKind::Conversation
-                    | EventKind::StatusUpdate
-                    | EventKind::FiltersChanged
-                    | EventKind::Announcement
-                    | EventKind::AnnouncementReaction
-                    | EventKind::AnnouncementDelete
-                    | EventKind::NotificationsMerged
-            );
-            let want = if mastodon { k } else { EventKind::Unknown };
-            assert_eq!(kind_of(k.as_str()), want, "{k}");
+        for k in kinds::KINDS {
+            assert_eq!(kind_of(k.as_str()), *k, "{k}");
         }
-        assert_eq!(kind_of("Update"), EventKind::Unknown);
-        assert_eq!(kind_of("message"), EventKind::Unknown);
+        for foreign in ["tweet", "scrub_geo", "gap", "commit"] {
+            assert_eq!(kind_of(foreign), EventKind::UNKNOWN, "{foreign}");
+        }
+        assert_eq!(kind_of("Update"), EventKind::UNKNOWN);
+        assert_eq!(kind_of("message"), EventKind::UNKNOWN);
     }
 
     #[test]
@@ -711,15 +696,15 @@ mod tests {
         assert!(matches!(from_websocket(br#"{"event":"delete","payload":""}"#), Err(E::EmptyId { .. })));
         // Unknown events keep whatever JSON they carry.
         let m = ws_event(br#"{"stream":["user"],"event":"x.new","payload":{"a":1}}"#);
-        assert_eq!((m.kind, &m.payload[..]), (EventKind::Unknown, &br#"{"a":1}"#[..]));
+        assert_eq!((m.kind, &m.payload[..]), (EventKind::UNKNOWN, &br#"{"a":1}"#[..]));
         // message_id never fails, it just finds nothing.
-        assert_eq!(message_id(EventKind::Update, b"{"), None);
-        assert_eq!(message_id(EventKind::Update, br#"{"id":null}"#), None);
-        assert_eq!(message_id(EventKind::Update, br#"{"account":{"id":"9"}}"#), None);
-        assert_eq!(message_id(EventKind::Update, br#"{"\u0069d":"9"}"#).as_deref(), Some("9"));
-        assert_eq!(message_id(EventKind::Delete, b"123").as_deref(), Some("123"));
-        assert_eq!(message_id(EventKind::Delete, br#""12\"3""#).as_deref(), Some("12\"3"));
-        assert_eq!(message_id(EventKind::FiltersChanged, STATUS.as_bytes()), None);
+        assert_eq!(message_id(kinds::UPDATE, b"{"), None);
+        assert_eq!(message_id(kinds::UPDATE, br#"{"id":null}"#), None);
+        assert_eq!(message_id(kinds::UPDATE, br#"{"account":{"id":"9"}}"#), None);
+        assert_eq!(message_id(kinds::UPDATE, br#"{"\u0069d":"9"}"#).as_deref(), Some("9"));
+        assert_eq!(message_id(kinds::DELETE, b"123").as_deref(), Some("123"));
+        assert_eq!(message_id(kinds::DELETE, br#""12\"3""#).as_deref(), Some("12\"3"));
+        assert_eq!(message_id(kinds::FILTERS_CHANGED, STATUS.as_bytes()), None);
     }
 
     #[test]
@@ -763,7 +748,7 @@ mod tests {
             }
             let text = String::from_utf8_lossy(&bytes);
             check(from_sse(names[rng.usize(..names.len())], &text));
-            for k in EventKind::ALL {
+            for &k in kinds::KINDS {
                 let _ = message_id(k, &bytes);
             }
             let _ = normalize_hashtag(&text);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::messages::EventKind;
+use crate::event::EventKind;
 use crate::metrics::{Metrics, SourceCauseLabels, SourceKindLabels, SourceStateLabels};
 
 /// A connection's lifecycle state, as `/streams` names it.
@@ -94,8 +94,8 @@ pub struct Carries {
 pub struct SourceCounters {
     metrics: Metrics,
     source: Arc<str>,
-    /// Events by kind, indexed by `EventKind::index`.
-    pub events: Vec<Counter>,
+    /// Events by kind: the source kind's catalogue, then any other kind met.
+    events: Vec<(EventKind, Counter)>,
     /// Bytes read.
     pub bytes: Counter,
     /// Malformed messages.
@@ -110,17 +110,14 @@ pub struct SourceCounters {
 }
 
 impl SourceCounters {
-    /// Resolves the handles for `source`.
-    pub fn new(metrics: &Metrics, source: &str) -> Self {
-        let events = EventKind::ALL
-            .iter()
-            .map(|k| {
-                metrics
-                    .events_total
-                    .get_or_create(&SourceKindLabels { source: source.to_owned(), kind: k.as_str().to_owned() })
-                    .clone()
-            })
-            .collect();
+    /// Resolves the handles for `source`, whose kind emits `kinds`.
+    pub fn new(metrics: &Metrics, source: &str, kinds: &[EventKind]) -> Self {
+        let events = kinds.iter().chain([EventKind::GAP, EventKind::UNKNOWN].iter()).fold(Vec::new(), |mut v, k| {
+            if !v.iter().any(|(known, _)| known == k) {
+                v.push((*k, event_counter(metrics, source, *k)));
+            }
+            v
+        });
         let states = ConnectionState::ALL
             .iter()
             .map(|s| {
@@ -144,6 +141,18 @@ impl SourceCounters {
         }
     }
 
+    /// Counts `n` events of `kind`; a kind outside the catalogue is looked up.
+    pub fn count_events(&self, kind: EventKind, n: u64) {
+        match self.events.iter().find(|(k, _)| *k == kind) {
+            Some((_, c)) => {
+                c.inc_by(n);
+            }
+            None => {
+                event_counter(&self.metrics, &self.source, kind).inc_by(n);
+            }
+        }
+    }
+
     /// Counts a reconnect by cause label.
     pub fn reconnect(&self, cause: &str) {
         self.metrics
@@ -151,6 +160,13 @@ impl SourceCounters {
             .get_or_create(&SourceCauseLabels { source: self.source.to_string(), cause: cause.to_owned() })
             .inc();
     }
+}
+
+fn event_counter(metrics: &Metrics, source: &str, kind: EventKind) -> Counter {
+    metrics
+        .events_total
+        .get_or_create(&SourceKindLabels { source: source.to_owned(), kind: kind.as_str().to_owned() })
+        .clone()
 }
 
 impl ConnectionStats {

@@ -3,7 +3,7 @@
 //! SSE path, WebSocket subscribe messages, echoed `stream` array, shard key
 //! and REST catch-up timeline.
 
-use super::mastodon::normalize_hashtag;
+use super::decode::normalize_hashtag;
 
 /// One Mastodon stream, as the WebSocket protocol names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,6 +1,7 @@
-//! Incremental Server-Sent Events parser (WHATWG HTML §9.2.6) for Mastodon's
-//! SSE streaming API. Chunks may split anywhere (inside a CRLF, inside UTF-8);
-//! memory stays bounded by the line and event limits given at construction.
+//! Incremental Server-Sent Events parser (WHATWG HTML §9.2.6), the SSE
+//! transport of every source that streams `text/event-stream`. Chunks may
+//! split anywhere (inside a CRLF, inside UTF-8); memory stays bounded by the
+//! line and event limits given at construction.
 
 use std::mem;
 

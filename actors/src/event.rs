@@ -1,0 +1,85 @@
+//! The unit everything else moves: an [`Event`] (one message from a stream,
+//! its payload bytes untouched) and its [`EventKind`]. Plain data, no actors:
+//! sinks, families and tests all build and read these.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+/// What a message is: a short name from its family's catalogue (`tweet`,
+/// `update`, `commit`, ...) or streamherd's own `gap`.
+///
+/// Kinds are an open set so that a source kind written outside this crate
+/// brings its own: each family declares its catalogue as constants and
+/// registers it with its source kind (config `kinds` filters, metrics).
+/// Two kinds are equal when their names are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKind(&'static str);
+
+impl EventKind {
+    /// streamherd's own: events may be missing here.
+    pub const GAP: EventKind = EventKind("gap");
+    /// Anything well-formed that no rule of its family recognises.
+    pub const UNKNOWN: EventKind = EventKind("unknown");
+
+    /// A kind named `name`, as written in the output, config filters and metrics.
+    pub const fn new(name: &'static str) -> EventKind {
+        EventKind(name)
+    }
+
+    /// The name used in the output format, config `kinds` filters and metrics.
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// One message from a stream, ready for the sinks.
+///
+/// `payload` holds the bytes exactly as the server sent them (minus framing);
+/// sinks write them through without re-serialising.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Configured source name.
+    pub source: Arc<str>,
+    /// Classified kind.
+    pub kind: EventKind,
+    /// The message's own id as a string (tweet `id_str`, deleted status id, ...).
+    pub id: Option<Box<str>>,
+    /// When the last byte of the message was read.
+    pub received_at: DateTime<Utc>,
+    /// Connection id, `source/N`.
+    pub connection: Arc<str>,
+    /// Site streams: the user the message was for.
+    pub for_user: Option<u64>,
+    /// Sources with named streams (Mastodon): the stream the event came on,
+    /// e.g. `["hashtag","rust"]`.
+    pub stream: Option<Arc<[String]>>,
+    /// The raw JSON payload.
+    pub payload: Bytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_compare_and_hash_by_name() {
+        let owned = String::from("tweet");
+        let leaked: &'static str = Box::leak(owned.into_boxed_str());
+        let a = EventKind::new("tweet");
+        let b = EventKind::new(leaked);
+        assert_eq!(a, b);
+        let mut set = std::collections::HashSet::new();
+        set.insert(a);
+        assert!(set.contains(&b));
+        assert_ne!(a, EventKind::GAP);
+        assert_eq!(EventKind::GAP.to_string(), "gap");
+    }
+}

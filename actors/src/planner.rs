@@ -1,0 +1,430 @@
+//! The one `ShardPlanner`, generic over a [`Family`]: per source it owns the
+//! shards (one supervised `StreamActor` each), starts and retires them,
+//! replaces one make-before-break (the new connection answers first, the old
+//! one reads on for a moment, the overlap is written once), follows their
+//! lifecycle, reports health, notices when every connection failed for good,
+//! and stops them. A family supplies what differs: how its predicates split
+//! into shards, how changes reach a live connection, what a shard carries.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::connection::actor::{Command, ConnectionSpec, Protocol, Report, Reported, StreamActor};
+use crate::connection::backoff::BackoffConfig;
+use crate::connection::backoff_actor::BackoffActor;
+use crate::connection::stats::{Carries, ConnectionState, ConnectionStats, SourceCounters};
+use crate::delivery::dedup::{DedupWindow, DEFAULT_WINDOW};
+use crate::delivery::handoff::Handoff;
+use crate::error::DisconnectCause;
+use crate::event::EventKind;
+use crate::messages::{
+    ChangeFollows, Consolidate, Consolidated, FollowsChanged, GetSourceHealth, PlanError, SourceFailed, SourceHealth,
+    StopSource, StopStream,
+};
+use crate::source::{PlannerContext, ReloadSource, SourceHandle};
+
+/// How long the old connection of a make-before-break handover keeps reading
+/// after the new one answered.
+pub const HANDOVER_OVERLAP: Duration = Duration::from_millis(250);
+
+/// The planner's context, as a family's functions get it.
+pub type Ctx<F> = Context<ShardPlanner<F>>;
+
+/// A family's notices.
+pub type Notice<F> = <<F as Family>::Protocol as Protocol>::Notice;
+
+/// A family's connection commands.
+pub type FamilyCommand<F> = <<F as Family>::Protocol as Protocol>::Command;
+
+/// What differs between families, as the `ShardPlanner` asks it. The
+/// functions take the planner itself, so a family reaches the shards, the
+/// generic helpers ([`ShardPlanner::start_shard`], [`ShardPlanner::retire`])
+/// and its own state (`p.family`) alike, and may spawn work on the planner.
+pub trait Family: Sized + Unpin + 'static {
+    /// The connections' protocol.
+    type Protocol: Protocol;
+    /// What the family keeps per shard (its share of the predicates).
+    type Shard;
+    /// The validated source config, as a reload hands it over.
+    type Spec: Clone + 'static;
+
+    /// Plans and starts the shards (after any state in `state_dir` is read).
+    fn start(p: &mut ShardPlanner<Self>, ctx: &mut Ctx<Self>);
+
+    /// The protocol config of a new connection `id` carrying `shard`.
+    fn connection(p: &ShardPlanner<Self>, id: &Arc<str>, shard: &Self::Shard) -> <Self::Protocol as Protocol>::Config;
+
+    /// What a shard carries, for `/streams` (default: nothing to list).
+    fn carries(_shard: &Self::Shard) -> Carries {
+        Carries::default()
+    }
+
+    /// Follows (or streams) the source should carry, for `/health` (default: none).
+    fn follows(_p: &ShardPlanner<Self>) -> usize {
+        0
+    }
+
+    /// Whether a shard could carry more.
+    fn non_full(_p: &ShardPlanner<Self>, _shard: &Self::Shard) -> bool {
+        false
+    }
+
+    /// Shard `index` answered (after its notices of the connect, and after
+    /// the shard it replaces was marked retiring).
+    fn connected(_p: &mut ShardPlanner<Self>, _ctx: &mut Ctx<Self>, _index: usize) {}
+
+    /// Shard `index` lost its connection; it reconnects by itself.
+    fn disconnected(_p: &mut ShardPlanner<Self>, _ctx: &mut Ctx<Self>, _index: usize, _cause: &DisconnectCause) {}
+
+    /// A notice from shard `index`.
+    fn notice(_p: &mut ShardPlanner<Self>, _ctx: &mut Ctx<Self>, _index: usize, _notice: Notice<Self>) {}
+
+    /// `POST /sources/{name}/follows`.
+    fn change_follows(
+        p: &mut ShardPlanner<Self>,
+        _ctx: &mut Ctx<Self>,
+        _change: ChangeFollows,
+    ) -> Result<FollowsChanged, PlanError> {
+        Err(PlanError::NotApplicable(format!("source `{}` does not take follow ids", p.name())))
+    }
+
+    /// `POST /update`: the source's config as re-read (default: nothing
+    /// changes while it runs; a restart applies the rest).
+    fn reload(
+        p: &mut ShardPlanner<Self>,
+        _ctx: &mut Ctx<Self>,
+        _spec: Self::Spec,
+    ) -> Result<FollowsChanged, PlanError> {
+        Ok(FollowsChanged { follows: Self::follows(p), added: 0, removed: 0, applied: "none".into() })
+    }
+
+    /// `POST /sources/{name}/consolidate`.
+    fn consolidate(p: &mut ShardPlanner<Self>, _ctx: &mut Ctx<Self>) -> Result<Consolidated, PlanError> {
+        Err(PlanError::NotApplicable(format!("source `{}` does not consolidate", p.name())))
+    }
+
+    /// Adds what the family knows to `/health` (before the connections are listed).
+    fn health(_p: &ShardPlanner<Self>, _health: &mut SourceHealth) {}
+
+    /// The source is stopping: cancel timers (the connections are told next).
+    fn stopping(_p: &mut ShardPlanner<Self>, _ctx: &mut Ctx<Self>) {}
+
+    /// Every connection has ended: write what must survive.
+    fn stopped(_p: &mut ShardPlanner<Self>) {}
+}
+
+/// What the planner needs to know of any source.
+#[derive(Debug, Clone)]
+pub struct SourceBasics {
+    /// Source name.
+    pub name: Arc<str>,
+    /// Its kind's name.
+    pub kind: &'static str,
+    /// The event kinds it emits (metrics start at 0 for each).
+    pub kinds: &'static [EventKind],
+    /// Reconnect rules.
+    pub backoff: BackoffConfig,
+    /// Stall timeout of its connections.
+    pub stall_timeout: Duration,
+    /// Largest message kept.
+    pub max_message_bytes: usize,
+    /// Connections of the source can deliver the same message (a
+    /// make-before-break overlap): pass events through a shared window.
+    pub dedup: bool,
+}
+
+/// Where a shard's connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Started, not yet answered.
+    Starting,
+    /// Streaming.
+    Connected,
+    /// Failed for good.
+    Failed,
+}
+
+/// One live connection as the planner sees it.
+pub struct Shard<F: Family> {
+    /// Connection id, `source/index`.
+    pub id: Arc<str>,
+    /// Its actor.
+    pub addr: Addr<StreamActor<F::Protocol>>,
+    /// Its live counters.
+    pub stats: Arc<ConnectionStats>,
+    /// Where it stands.
+    pub phase: Phase,
+    /// Make-before-break: the shard this one replaces, retired once this one answers.
+    pub replaces: Option<usize>,
+    /// Replaced: reading out its overlap before it is stopped. Not part of the plan.
+    pub retiring: bool,
+    /// Emptied by a consolidation: closes once the connections that took
+    /// its share carry it.
+    pub draining: bool,
+    /// The family's share.
+    pub state: F::Shard,
+}
+
+/// Owns one source's shards and their connections.
+pub struct ShardPlanner<F: Family> {
+    basics: SourceBasics,
+    /// The family's own state.
+    pub family: F,
+    /// What the process gave the source.
+    pub ctx: PlannerContext,
+    /// Live shards by index.
+    pub shards: BTreeMap<usize, Shard<F>>,
+    backoff: Option<Addr<BackoffActor>>,
+    counters: Option<SourceCounters>,
+    handoff: Handoff,
+    next_index: usize,
+    stopping: bool,
+    failed_reported: bool,
+}
+
+impl<F: Family> ShardPlanner<F> {
+    /// A planner for a validated source.
+    pub fn new(basics: SourceBasics, family: F, ctx: PlannerContext) -> Self {
+        let dedup = basics.dedup.then(|| Arc::new(DedupWindow::new(DEFAULT_WINDOW)));
+        let handoff = Handoff::new(ctx.sinks.clone(), dedup);
+        ShardPlanner {
+            basics,
+            family,
+            ctx,
+            shards: BTreeMap::new(),
+            backoff: None,
+            counters: None,
+            handoff,
+            next_index: 0,
+            stopping: false,
+            failed_reported: false,
+        }
+    }
+
+    /// Starts the planner and returns the handle of its source.
+    pub fn start_source(self) -> SourceHandle {
+        let (name, kind) = (self.basics.name.clone(), self.basics.kind);
+        SourceHandle::new(name, kind, self.start())
+    }
+
+    /// The source's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.basics.name
+    }
+
+    /// What the planner knows of the source.
+    pub fn basics(&self) -> &SourceBasics {
+        &self.basics
+    }
+
+    /// The source is stopping: nothing new may start.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Starts a connection carrying `state`; with `replaces`, a
+    /// make-before-break replacement of that shard. Returns its index.
+    pub fn start_shard(&mut self, ctx: &mut Ctx<F>, state: F::Shard, replaces: Option<usize>) -> Option<usize> {
+        let (Some(backoff), Some(counters)) = (self.backoff.clone(), self.counters.clone()) else { return None };
+        let index = self.next_index;
+        self.next_index += 1;
+        let id: Arc<str> = format!("{}/{}", self.basics.name, index).into();
+        let config = F::connection(self, &id, &state);
+        let spec = ConnectionSpec {
+            id: id.clone(),
+            source: self.basics.name.clone(),
+            stall_timeout: self.basics.stall_timeout,
+            reset_after: self.basics.backoff.reset_after,
+            max_message_bytes: self.basics.max_message_bytes,
+        };
+        let carries = F::carries(&state);
+        let (follows, streams) = (carries.follow.len(), carries.streams.len());
+        let stats = ConnectionStats::new(id.clone(), self.basics.name.clone(), carries, counters);
+        self.ctx.stats.add(stats.clone());
+        let (handoff, reports, actor_stats) = (self.handoff.clone(), ctx.address().recipient(), stats.clone());
+        let make = move |_: &mut Context<StreamActor<F::Protocol>>| {
+            StreamActor::new(spec, config, backoff, handoff, reports, actor_stats)
+        };
+        let addr = match self.ctx.arbiters.get(index % self.ctx.arbiters.len().max(1)) {
+            Some(arbiter) => actix::Supervisor::start_in_arbiter(arbiter, make),
+            None => actix::Supervisor::start(make),
+        };
+        tracing::info!(connection = %id, follows, streams, replaces = ?replaces.map(|r| format!("{}/{r}", self.basics.name)), "connection planned");
+        let shard =
+            Shard { id, addr, stats, phase: Phase::Starting, replaces, retiring: false, draining: false, state };
+        self.shards.insert(index, shard);
+        Some(index)
+    }
+
+    /// Stops shard `index` and forgets it.
+    pub fn retire(&mut self, index: usize) {
+        if let Some(shard) = self.shards.remove(&index) {
+            tracing::info!(connection = %shard.id, "connection retired");
+            shard.addr.do_send(StopStream);
+            self.ctx.stats.remove(&shard.id);
+        }
+    }
+
+    /// Sends shard `index` a command (applied live, or at its next connect).
+    pub fn command(&self, index: usize, command: FamilyCommand<F>) {
+        if let Some(shard) = self.shards.get(&index) {
+            shard.addr.do_send(Command(command));
+        }
+    }
+
+    /// The index of connection `id`.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.shards.iter().find(|(_, s)| &*s.id == id).map(|(i, _)| *i)
+    }
+
+    /// The source cannot run (its state in `state_dir` is unreadable, its
+    /// predicates cannot be planned): tells the supervisor.
+    pub fn fail_source(&mut self, why: &str) {
+        tracing::error!(source = %self.basics.name, error = %why, "the source cannot start");
+        self.failed_reported = true;
+        self.ctx.on_failed.do_send(SourceFailed { source: self.basics.name.clone() });
+    }
+
+    fn check_failed(&mut self) {
+        if !self.stopping
+            && !self.failed_reported
+            && !self.shards.is_empty()
+            && self.shards.values().all(|s| s.phase == Phase::Failed)
+        {
+            self.failed_reported = true;
+            tracing::error!(source = %self.basics.name, "every connection of the source failed for good");
+            self.ctx.on_failed.do_send(SourceFailed { source: self.basics.name.clone() });
+        }
+    }
+}
+
+impl<F: Family> Actor for ShardPlanner<F> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.backoff = Some(BackoffActor::new(self.basics.backoff.clone()).start());
+        self.counters = Some(SourceCounters::new(&self.ctx.metrics, &self.basics.name, self.basics.kinds));
+        F::start(self, ctx);
+    }
+}
+
+impl<F: Family> Handler<Report<Notice<F>>> for ShardPlanner<F> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Report<Notice<F>>, ctx: &mut Context<Self>) {
+        let Some(index) = self.index_of(&msg.connection) else { return };
+        match msg.what {
+            Reported::Connected => {
+                let Some(shard) = self.shards.get_mut(&index) else { return };
+                shard.phase = Phase::Connected;
+                // Make-before-break: the new connection answered; the old one
+                // keeps reading a little longer so that nothing sent to it
+                // before the new one began is left unread. The overlap
+                // window writes what both delivered once.
+                if let Some(old) = shard.replaces.take() {
+                    if let Some(o) = self.shards.get_mut(&old) {
+                        o.retiring = true;
+                    }
+                    ctx.run_later(HANDOVER_OVERLAP, move |act, _| act.retire(old));
+                }
+                F::connected(self, ctx, index);
+            }
+            Reported::Disconnected(cause) => {
+                if let Some(shard) = self.shards.get_mut(&index) {
+                    shard.phase = Phase::Starting;
+                }
+                F::disconnected(self, ctx, index, &cause);
+            }
+            Reported::Failed(_) => {
+                if let Some(shard) = self.shards.get_mut(&index) {
+                    shard.phase = Phase::Failed;
+                    if shard.replaces.take().is_some() {
+                        tracing::warn!(connection = %msg.connection, "replacement failed; the connection it was to replace stays");
+                    }
+                }
+                self.check_failed();
+            }
+            Reported::Notice(notice) => F::notice(self, ctx, index, notice),
+        }
+    }
+}
+
+impl<F: Family> Handler<ChangeFollows> for ShardPlanner<F> {
+    type Result = Result<FollowsChanged, PlanError>;
+
+    fn handle(&mut self, msg: ChangeFollows, ctx: &mut Context<Self>) -> Self::Result {
+        F::change_follows(self, ctx, msg)
+    }
+}
+
+impl<F: Family> Handler<ReloadSource> for ShardPlanner<F> {
+    type Result = Result<FollowsChanged, PlanError>;
+
+    fn handle(&mut self, msg: ReloadSource, ctx: &mut Context<Self>) -> Self::Result {
+        match msg.0.as_any().downcast_ref::<F::Spec>() {
+            Some(spec) => F::reload(self, ctx, spec.clone()),
+            None => Err(PlanError::NotApplicable(format!(
+                "source `{}` changed its kind; restart the service to apply it",
+                self.basics.name
+            ))),
+        }
+    }
+}
+
+impl<F: Family> Handler<Consolidate> for ShardPlanner<F> {
+    type Result = Result<Consolidated, PlanError>;
+
+    fn handle(&mut self, _: Consolidate, ctx: &mut Context<Self>) -> Self::Result {
+        F::consolidate(self, ctx)
+    }
+}
+
+impl<F: Family> Handler<GetSourceHealth> for ShardPlanner<F> {
+    type Result = MessageResult<GetSourceHealth>;
+
+    fn handle(&mut self, _: GetSourceHealth, _: &mut Context<Self>) -> Self::Result {
+        let mut h = SourceHealth {
+            source: self.basics.name.to_string(),
+            follows: F::follows(self),
+            healthy: vec![],
+            unhealthy: vec![],
+            failed: vec![],
+            non_full: vec![],
+        };
+        F::health(self, &mut h);
+        for s in self.shards.values() {
+            let snap = s.stats.snapshot();
+            match snap.state {
+                ConnectionState::Failed => h.failed.push((s.id.to_string(), snap.last_error.unwrap_or_default())),
+                ConnectionState::Stalled | ConnectionState::BackingOff => h.unhealthy.push(s.id.to_string()),
+                _ => h.healthy.push(s.id.to_string()),
+            }
+            if F::non_full(self, &s.state) {
+                h.non_full.push(s.id.to_string());
+            }
+        }
+        MessageResult(h)
+    }
+}
+
+impl<F: Family> Handler<StopSource> for ShardPlanner<F> {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: StopSource, ctx: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        F::stopping(self, ctx);
+        let addrs: Vec<_> = std::mem::take(&mut self.shards).into_values().map(|s| s.addr).collect();
+        Box::pin(
+            async move {
+                for addr in addrs {
+                    let _ = addr.send(StopStream).await;
+                }
+            }
+            .into_actor(self)
+            .map(|_, act, _| F::stopped(act)),
+        )
+    }
+}

@@ -1,0 +1,143 @@
+//! Config values every source kind parses the same way: secrets (a literal
+//! or `${VAR}`, never printed), credential tables (one, or a list), seconds
+//! as fractions, and stream URLs.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// A secret value: a literal or `${VAR}`. Never printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The literal, or the environment variable it names; `key` names it in the error.
+    pub fn resolve(&self, key: &str) -> Result<String, ConfigError> {
+        let s = self.0.trim();
+        if let Some(var) = s.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+            return std::env::var(var)
+                .map_err(|_| ConfigError::new(key, format!("environment variable {var} is not set")));
+        }
+        Ok(self.0.clone())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// One credential table: `{ kind = "oauth1", ... }` or `{ kind = "bearer", token = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `oauth1` or `bearer`.
+    pub kind: AuthKind,
+    /// OAuth consumer key.
+    #[serde(default)]
+    pub consumer_key: Option<String>,
+    /// OAuth consumer secret.
+    #[serde(default)]
+    pub consumer_secret: Option<Secret>,
+    /// OAuth access token, or the bearer token.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// OAuth token secret.
+    #[serde(default)]
+    pub token_secret: Option<Secret>,
+}
+
+/// Credential kinds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthKind {
+    /// OAuth 1.0a user context.
+    Oauth1,
+    /// A bearer token.
+    Bearer,
+}
+
+/// `auth = {...}` or `auth = [{...}, ...]`.
+#[derive(Debug, Clone, Default)]
+pub struct AuthList(pub Vec<AuthConfig>);
+
+impl<'de> Deserialize<'de> for AuthList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AuthList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a credential table or a list of them")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<AuthList, A::Error> {
+                AuthConfig::deserialize(de::value::MapAccessDeserializer::new(map)).map(|a| AuthList(vec![a]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<AuthList, A::Error> {
+                Vec::<AuthConfig>::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(AuthList)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `v` seconds as a duration; `key` names it in the error.
+pub fn secs(key: &str, v: f64) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || !(0.0..=1e9).contains(&v) {
+        return Err(ConfigError::new(key, "must be a non-negative number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// A per-source `stall_timeout_s` override, else `default`.
+pub fn stall_timeout(key: &str, value: Option<f64>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        Some(v) => {
+            let d = secs(key, v)?;
+            if d.is_zero() {
+                return Err(ConfigError::new(key, "must be above 0"));
+            }
+            Ok(d)
+        }
+        None => Ok(default),
+    }
+}
+
+/// `url` without a trailing slash, if it is http(s).
+pub fn http_url(key: &str, url: &str) -> Result<String, ConfigError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(url.trim_end_matches('/').to_owned())
+    } else {
+        Err(ConfigError::new(key, format!("`{url}` must start with http:// or https://")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_resolve_and_never_print() {
+        let s = Secret("literal".into());
+        assert_eq!(s.resolve("k").unwrap(), "literal");
+        assert!(!format!("{s:?}").contains("literal"));
+        let unset = Secret("${STREAMHERD_SETTINGS_TEST_UNSET}".into());
+        let e = unset.resolve("sources[0].auth.token").unwrap_err();
+        assert_eq!(e.key, "sources[0].auth.token");
+    }
+
+    #[test]
+    fn durations_and_urls_are_checked() {
+        assert_eq!(secs("k", 0.5).unwrap(), Duration::from_millis(500));
+        assert!(secs("k", -1.0).is_err());
+        assert!(stall_timeout("k", Some(0.0), Duration::from_secs(1)).is_err());
+        assert_eq!(stall_timeout("k", None, Duration::from_secs(3)).unwrap(), Duration::from_secs(3));
+        assert_eq!(http_url("k", "http://h:1/").unwrap(), "http://h:1");
+        assert_eq!(http_url("k", "ftp://h").unwrap_err().key, "k");
+    }
+}

@@ -1,0 +1,187 @@
+//! The Twitter v1.1 connection protocol: sign and send the streaming
+//! request, frame the chunked body (CRLF lines or `delimited=length`),
+//! classify each message by its top-level keys, and act on what the stream
+//! itself says (limit counts, the site stream's control URI, disconnect
+//! messages). A changed request takes effect at the next connect.
+
+use bytes::Bytes;
+use chrono::Utc;
+
+use super::classify::classify_twitter;
+use super::framing::{Delimiting, Frame, Framer};
+use super::kinds;
+use super::request::{sign, Method, OAuthCredentials, StreamRequest};
+use crate::connection::actor::{Conn, ConnectionSpec, Protocol};
+use crate::connection::http::{self, BodyKind};
+use crate::connection::link::{snippet, Input, Link};
+use crate::connection::stats::ConnectionStats;
+use crate::error::{DisconnectCause, StreamError};
+
+/// Statuses after which retrying the same request cannot help (SPEC 5).
+const FATAL_STATUSES: [u16; 7] = [401, 403, 404, 406, 413, 416, 422];
+
+/// What a Twitter connection needs.
+#[derive(Debug, Clone)]
+pub struct TwitterConnection {
+    /// The unsigned request.
+    pub request: StreamRequest,
+    /// Credentials to sign it with.
+    pub credentials: OAuthCredentials,
+    /// Body framing.
+    pub delimiting: Delimiting,
+}
+
+/// Replace the request a connection uses for its next (re)connect; a live
+/// connection is not touched.
+#[derive(Debug, Clone)]
+pub struct SetRequest(pub StreamRequest);
+
+/// What a Twitter connection tells its planner.
+#[derive(Debug, Clone)]
+pub enum TwitterNotice {
+    /// Connected with a request naming these follow ids (what the server now carries).
+    Connected {
+        /// The follow ids of the request.
+        follow: Vec<u64>,
+    },
+    /// A site stream announced its control stream.
+    ControlAnnounced {
+        /// The `control_uri`, e.g. `/1.1/site/c/1_1_54e3`.
+        control_uri: String,
+    },
+}
+
+/// One Twitter connection's protocol state.
+pub struct TwitterProtocol {
+    config: TwitterConnection,
+    max_message_bytes: usize,
+    stall_timeout: std::time::Duration,
+    framer: Framer,
+}
+
+impl Protocol for TwitterProtocol {
+    type Config = TwitterConnection;
+    type Command = SetRequest;
+    type Notice = TwitterNotice;
+    type Side = ();
+
+    fn new(config: TwitterConnection, spec: &ConnectionSpec) -> Self {
+        let framer = Framer::new(config.delimiting, spec.max_message_bytes);
+        TwitterProtocol { config, max_message_bytes: spec.max_message_bytes, stall_timeout: spec.stall_timeout, framer }
+    }
+
+    async fn open(&mut self, conn: &mut Conn<Self>) -> Result<Link, StreamError> {
+        let client = http::client(self.stall_timeout);
+        let request = &self.config.request;
+        let signed = sign(request, &self.config.credentials);
+        let req = match signed.method {
+            Method::Get => client.get(&signed.url),
+            Method::Post => client.post(&signed.url),
+        }
+        .insert_header((awc::http::header::AUTHORIZATION, signed.authorization.as_str()));
+        // The base URL only: a site stream's query names 100 users.
+        tracing::info!(connection = %conn.spec.id, url = %request.url, params = request.params.len(), "connecting");
+        let send = match signed.body {
+            Some(body) => req.content_type("application/x-www-form-urlencoded").send_body(body),
+            None => req.send(),
+        };
+        let link = http::open(&conn.spec.id, send, BodyKind::Chunks, &FATAL_STATUSES, self.max_message_bytes).await?;
+        // A new body: nothing of the old one may be carried over.
+        self.framer = Framer::new(self.config.delimiting, self.max_message_bytes);
+        Ok(link)
+    }
+
+    async fn opened(&mut self, _link: &mut Link, conn: &mut Conn<Self>) -> Result<(), StreamError> {
+        let follow = self
+            .config
+            .request
+            .params
+            .iter()
+            .find(|(k, _)| k == "follow")
+            .map(|(_, v)| v.split(',').filter_map(|id| id.parse().ok()).collect())
+            .unwrap_or_default();
+        conn.notice(TwitterNotice::Connected { follow });
+        Ok(())
+    }
+
+    fn input(&mut self, input: Input, conn: &mut Conn<Self>) -> Option<StreamError> {
+        let Input::Bytes(chunk) = input else { return None };
+        self.framer.push(&chunk);
+        let received_at = Utc::now();
+        while let Some(frame) = self.framer.next_frame() {
+            let payload = match frame {
+                Frame::Message(m) => m,
+                Frame::KeepAlive => continue,
+                Frame::Oversized { len } => {
+                    conn.oversized("message", len);
+                    continue;
+                }
+                Frame::BadLength(line) => {
+                    conn.stats.counters().malformed.inc();
+                    tracing::warn!(connection = %conn.spec.id, line = %snippet(&line), "length line is not a number; skipped");
+                    continue;
+                }
+            };
+            let c = match classify_twitter(&payload) {
+                Ok(c) => c,
+                Err(e) => {
+                    conn.malformed(&e.to_string(), &payload);
+                    continue;
+                }
+            };
+            if let Some(track) = c.limit_track {
+                conn.stats.set_limit_track(track);
+            }
+            if let Some(control_uri) = c.control_uri.clone() {
+                conn.notice(TwitterNotice::ControlAnnounced { control_uri });
+            }
+            let end = (c.kind == kinds::DISCONNECT).then(|| disconnect_decision(c.disconnect_code, &payload));
+            conn.stats.counters().count_events(c.kind, 1);
+            let mut event = conn.event(c.kind, c.id, received_at, payload);
+            event.for_user = c.for_user;
+            conn.push(event);
+            if end.is_some() {
+                return end;
+            }
+        }
+        None
+    }
+
+    fn apply(&mut self, command: SetRequest, _: &ConnectionStats) {
+        self.config.request = command.0;
+    }
+}
+
+/// What a disconnect message means for the connection (protocols.md A.5).
+fn disconnect_decision(code: Option<u32>, payload: &Bytes) -> StreamError {
+    match code {
+        // Duplicate stream, token revoked, admin logout: another client or the
+        // user's choice; reconnecting would fight it.
+        Some(code @ (2 | 6 | 7)) => {
+            StreamError::Fatal { reason: format!("disconnect code {code}: {}", snippet(payload)) }
+        }
+        Some(9) => StreamError::Finished { reason: "disconnect code 9: backfill complete".into() },
+        Some(code) => StreamError::Retryable(DisconnectCause::DisconnectMessage { code }),
+        None => StreamError::Retryable(DisconnectCause::DisconnectMessage { code: 0 }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disconnect_codes_follow_the_catalogue() {
+        let p = Bytes::from_static(b"{}");
+        for code in [1, 3, 4, 5, 8, 10, 11, 12] {
+            assert!(
+                matches!(disconnect_decision(Some(code), &p), StreamError::Retryable(DisconnectCause::DisconnectMessage { code: c }) if c == code),
+                "code {code}"
+            );
+        }
+        for code in [2, 6, 7] {
+            assert!(matches!(disconnect_decision(Some(code), &p), StreamError::Fatal { .. }), "code {code}");
+        }
+        assert!(matches!(disconnect_decision(Some(9), &p), StreamError::Finished { .. }));
+    }
+}
