@@ -1,13 +1,16 @@
 //! A complete custom sink: counts events per kind and prints a summary line to
 //! stderr every `every` events. Implement `Sink`, describe it with a
-//! `SinkKind`, register it, run. Try: `cargo run --example custom_sink`.
+//! `SinkKind`, register it, and hand the registries to `streamherd::cli::main`:
+//! the binary gets run, check, probe and simulate. Try:
+//! `cargo run --example custom_sink -- --config examples/custom_sink.toml`.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use streamherd_actors::error::SinkError;
-use streamherd_actors::messages::Event;
+use streamherd_actors::event::Event;
 use streamherd_actors::sinks::{parse_settings, Sink, SinkBuildContext, SinkKind, SinkRegistry};
+use streamherd_actors::source::SourceRegistry;
 
 /// The sink's own keys in its `[[sinks]]` table (shared keys are handled for it).
 #[derive(Deserialize)]
@@ -60,11 +63,8 @@ fn preflight(settings: &serde_json::Value, ctx: &SinkBuildContext) -> Result<(),
 /// `kind = "counter"` in a `[[sinks]]` table.
 const COUNTER: SinkKind = SinkKind { name: "counter", build, preflight };
 
-fn main() -> anyhow::Result<()> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "examples/custom_sink.toml".into());
-    let mut registry = SinkRegistry::builtin();
-    registry.register(COUNTER);
-    let config = streamherd::config::load(path.as_ref(), &registry)?;
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-    std::process::exit(streamherd::app::run(config, registry)?);
+fn main() {
+    let mut sinks = SinkRegistry::builtin();
+    sinks.register(COUNTER);
+    streamherd::cli::main(SourceRegistry::builtin(), sinks)
 }
