@@ -17,12 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 
 use super::pace::Pacer;
 use super::payloads::{Generator, GeneratorOptions, StreamKind};
+use super::records::lock;
 use super::scenario::{AttemptScript, Mix, MAX_BROADCAST_CAPACITY};
-use super::{lock, wire, Shared};
+use super::wire;
 
 /// With `rate = 0` the generator runs at most this many messages (and at most
 /// half the capacity) ahead of the slowest subscriber, so unthrottled runs
@@ -83,9 +84,15 @@ impl Hub {
 }
 
 /// Subscribes connection `attempt`, starting the generator with its script
-/// when none runs. None: the generator already reached its limit.
-pub(crate) fn subscribe(shared: &Arc<Shared>, attempt: u64, script: &AttemptScript) -> Option<Feed> {
-    let hub = &shared.hub;
+/// when none runs (at `rate`, until `stop`). None: the generator already
+/// reached its limit.
+pub(crate) fn subscribe(
+    hub: &Arc<Hub>,
+    attempt: u64,
+    script: &AttemptScript,
+    rate: u32,
+    stop: watch::Receiver<bool>,
+) -> Option<Feed> {
     let mut state = lock(&hub.state);
     if let Some(tx) = &state.tx {
         let rx = tx.subscribe();
@@ -101,7 +108,9 @@ pub(crate) fn subscribe(shared: &Arc<Shared>, attempt: u64, script: &AttemptScri
     state.tx = Some(tx.clone());
     drop(state);
     let source = Source {
-        shared: Arc::clone(shared),
+        hub: Arc::clone(hub),
+        rate,
+        stop,
         tx,
         ahead: UNTHROTTLED_AHEAD.min(capacity / 2).max(1),
         limit: script.limit,
@@ -115,7 +124,9 @@ pub(crate) fn subscribe(shared: &Arc<Shared>, attempt: u64, script: &AttemptScri
 
 /// The generator task.
 struct Source {
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
+    rate: u32,
+    stop: watch::Receiver<bool>,
     tx: broadcast::Sender<Arc<Frame>>,
     ahead: usize,
     limit: Option<u64>,
@@ -125,7 +136,7 @@ struct Source {
 
 impl Source {
     async fn run(self) {
-        let mut stop = self.shared.stop.subscribe();
+        let mut stop = self.stop.clone();
         let mut gen = Generator::new(GeneratorOptions {
             stream: StreamKind::Filter,
             seed: self.seed,
@@ -136,7 +147,7 @@ impl Source {
         });
         // Only the mix: junk, silences and cuts are per connection.
         let script = AttemptScript { mix: self.mix, ..AttemptScript::default() };
-        let mut pacer = Pacer::new(self.shared.rate);
+        let mut pacer = Pacer::new(self.rate);
         let mut n: u64 = 0;
         let end = loop {
             if self.limit.is_some_and(|l| n >= l) {
@@ -166,20 +177,20 @@ impl Source {
                 payload: Bytes::copy_from_slice(&gen.buf),
                 written: AtomicBool::new(false),
             });
-            self.shared.hub.produced.fetch_add(1, Ordering::Relaxed);
+            self.hub.produced.fetch_add(1, Ordering::Relaxed);
             // An error means nobody is subscribed: the message is lost, as it
             // would be on the real service between two connections.
             let _ = self.tx.send(frame);
         };
         if end == "limit" {
-            lock(&self.shared.hub.state).finished = true;
+            lock(&self.hub.state).finished = true;
         }
         tracing::debug!(messages = n, end, "broadcast generator stopped");
         // Drop clears the hub's sender: subscribers drain, then see Closed.
     }
 
     /// Waits for one message's credit. False: the simulator is stopping.
-    async fn paced(&self, pacer: &mut Pacer, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    async fn paced(&self, pacer: &mut Pacer, stop: &mut watch::Receiver<bool>) -> bool {
         // Bounded: each turn waits for a tick, and a tick adds credit.
         while !pacer.try_take() {
             tokio::select! {
@@ -192,12 +203,12 @@ impl Source {
 
     /// Unthrottled: waits for a subscriber and for room ahead of the slowest
     /// one. False: the simulator is stopping.
-    async fn room(&self, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    async fn room(&self, stop: &mut watch::Receiver<bool>) -> bool {
         // Bounded: every turn waits for a subscriber, a millisecond or a stop.
         loop {
             if self.tx.receiver_count() == 0 {
                 tokio::select! {
-                    _ = self.shared.hub.arrived.notified() => continue,
+                    _ = self.hub.arrived.notified() => continue,
                     _ = wire::stopped(stop) => return false,
                 }
             }
@@ -215,7 +226,7 @@ impl Source {
 impl Drop for Source {
     // Also runs when a worker's runtime drops the task at shutdown.
     fn drop(&mut self) {
-        let mut state = lock(&self.shared.hub.state);
+        let mut state = lock(&self.hub.state);
         if state.tx.as_ref().is_some_and(|tx| tx.same_channel(&self.tx)) {
             state.tx = None;
         }

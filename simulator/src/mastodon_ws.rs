@@ -18,12 +18,11 @@
 //! apply. After a Close frame of its own the server waits up to
 //! `CLOSE_WAIT` for the client's, then closes the TCP connection.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -37,16 +36,17 @@ use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReaso
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, oneshot, watch, Notify};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
-use super::mastodon::{self, Channel, Event, Holdback, Scope, Subscription, LISTS, LOCAL_DOMAIN};
+use super::handle::SimHandle;
+use super::mastodon::{self, Holdback, Subscription};
+use super::mastodon_state::{normalise_tag, Channel, Event, Scope, LISTS, LOCAL_DOMAIN};
+use super::mastodon_ws_log::MastodonWsInfo;
+use super::records::{lock, visible_params, ConnSlot, SentMessage};
 use super::scenario::AttemptScript;
+use super::shared::Shared;
 use super::wire::{self, ConnFd};
-use super::{lock, ConnSlot, SentMessage, Shared, SimHandle};
-
-/// `SimHandle::mastodon_ws_connections` keeps this many connections.
-pub const MAX_MASTODON_WS_RECORDS: usize = 10_000;
 
 /// The Mastodon version the instance endpoints announce.
 const VERSION: &str = "4.3.0";
@@ -60,77 +60,6 @@ const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// How long the server waits for the client's Close frame after sending
 /// its own before it drops the connection anyway.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// One Mastodon WebSocket connection, as the simulator saw it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MastodonWsInfo {
-    /// Its attempt number (`ConnectionRecord::attempt`; the connection log
-    /// shows it with status 101).
-    pub attempt: u64,
-    /// Whether it is still open.
-    pub open: bool,
-    /// The current subscriptions in subscription order, as normalised keys:
-    /// "user", "user:notification", "public", "public:media", "public:local",
-    /// "public:local:media", "public:remote", "public:remote:media",
-    /// "hashtag:<tag>", "hashtag:local:<tag>" (the tag normalised, e.g.
-    /// "hashtag:rust"), "list:<id>", "direct". After the close, those it had
-    /// when it closed.
-    pub subscriptions: Vec<String>,
-    /// `subscribe` messages received, valid or not (a `?stream=` in the URL
-    /// is not a message).
-    pub subscribes: usize,
-    /// `unsubscribe` messages received, valid or not.
-    pub unsubscribes: usize,
-    /// Pongs received.
-    pub pongs: usize,
-}
-
-/// The last `MAX_MASTODON_WS_RECORDS` WebSocket connections, and how many
-/// upgraded connections actix still holds.
-#[derive(Default)]
-pub(crate) struct WsLog {
-    log: Mutex<VecDeque<Arc<Mutex<MastodonWsInfo>>>>,
-    /// Live `WsBody`s: a body goes when actix drops its connection (or
-    /// finishes the response).
-    bodies: AtomicUsize,
-    no_bodies: Notify,
-}
-
-impl WsLog {
-    fn register(&self, attempt: u64) -> Arc<Mutex<MastodonWsInfo>> {
-        let info = Arc::new(Mutex::new(MastodonWsInfo { attempt, open: true, ..MastodonWsInfo::default() }));
-        let mut log = lock(&self.log);
-        while log.len() >= MAX_MASTODON_WS_RECORDS {
-            log.pop_front();
-        }
-        log.push_back(Arc::clone(&info));
-        info
-    }
-
-    fn snapshot(&self) -> Vec<MastodonWsInfo> {
-        lock(&self.log).iter().map(|i| lock(i).clone()).collect()
-    }
-
-    /// Waits (at most `within`) until actix has dropped every upgraded
-    /// connection. A WebSocket ends in two steps (Close frame, then the TCP
-    /// connection) after the simulator's stop signal; an actix worker that
-    /// is asked to stop while one is still there checks again only a second
-    /// later.
-    pub(crate) async fn drained(&self, within: Duration) {
-        let _ = tokio::time::timeout(within, async {
-            loop {
-                let gone = self.no_bodies.notified();
-                tokio::pin!(gone);
-                gone.as_mut().enable();
-                if self.bodies.load(Ordering::SeqCst) == 0 {
-                    return;
-                }
-                gone.await;
-            }
-        })
-        .await;
-    }
-}
 
 impl SimHandle {
     /// Every Mastodon WebSocket connection opened (the most recent
@@ -216,7 +145,7 @@ fn refusal(status: StatusCode, message: &str, retry_after: Option<u64>) -> HttpR
 async fn upgrade(req: HttpRequest, body: web::Payload, shared: web::Data<Shared>) -> HttpResponse {
     let opened_at = Instant::now();
     let params = mastodon::query(&req);
-    let visible = super::visible_params(&params, |k| k == "access_token");
+    let visible = visible_params(&params, |k| k == "access_token");
     let token = ws_token(&req, &params);
     // Before the check, so a revocation right after it is still seen.
     let revoked = shared.mastodon.revocations();
@@ -357,7 +286,7 @@ fn resolve(r: &SubRequest) -> Result<Sub, (u16, &'static str)> {
         "public:remote:media" => public("public:remote", Scope::Remote, true),
         "hashtag" | "hashtag:local" => {
             let raw = r.tag.clone().unwrap_or_default();
-            let tag = mastodon::normalise_tag(&raw);
+            let tag = normalise_tag(&raw);
             if tag.is_empty() {
                 return Err((400, "Missing tag name parameter"));
             }
@@ -787,17 +716,14 @@ struct WsBody {
 
 impl WsBody {
     fn new(inner: BoxBody, abort: oneshot::Receiver<DropConnection>, fd: Option<RawFd>, shared: Arc<Shared>) -> WsBody {
-        shared.mastodon.ws_log.bodies.fetch_add(1, Ordering::SeqCst);
+        shared.mastodon.ws_log.body_opened();
         WsBody { inner, abort: Some(abort), fd, done: false, shared }
     }
 }
 
 impl Drop for WsBody {
     fn drop(&mut self) {
-        let log = &self.shared.mastodon.ws_log;
-        if log.bodies.fetch_sub(1, Ordering::SeqCst) == 1 {
-            log.no_bodies.notify_waiters();
-        }
+        self.shared.mastodon.ws_log.body_closed();
     }
 }
 

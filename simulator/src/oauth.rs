@@ -6,7 +6,7 @@ use std::num::NonZeroU64;
 
 use percent_encoding::percent_decode_str;
 
-use super::SimCredentials;
+use super::config::SimCredentials;
 
 /// Why a request was refused with 401.
 #[derive(Clone, Debug, PartialEq, Eq)]

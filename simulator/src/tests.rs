@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -1074,10 +1075,10 @@ async fn add_user_beyond_the_stream_cap_is_refused() {
         let to = if call == 9 { from + 99 } else { from + 100 };
         assert_eq!(control(&sim, &uri, "add_user", &id_list(from..to)).await, 200, "call {call}");
     }
-    assert_eq!(sim.carried()[&0].len(), twitter::MAX_SITE_CARRIED);
+    assert_eq!(sim.carried()[&0].len(), site::MAX_SITE_CARRIED);
     assert_eq!(control(&sim, &uri, "add_user", "1,1000").await, 200, "already carried: no change");
     assert_eq!(control(&sim, &uri, "add_user", "5").await, 413);
-    assert_eq!(sim.carried()[&0].len(), twitter::MAX_SITE_CARRIED);
+    assert_eq!(sim.carried()[&0].len(), site::MAX_SITE_CARRIED);
     sim.stop().await;
 }
 

@@ -3,7 +3,7 @@
 //! gets one producer task that paces, scripts and frames its messages, or,
 //! for a `broadcast` filter/sample stream, forwards the shared generator's.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,13 +13,16 @@ use bytes::Bytes;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{mpsc, watch};
 
+use super::config::SimCredentials;
 use super::fanout::{self, Feed, Frame};
 use super::oauth::{self, AuthFailure, SignedRequest};
 use super::pace::Pacer;
 use super::payloads::{Generator, GeneratorOptions, Rendered, StreamKind};
+use super::records::{lock, visible_params, ConnSlot, ControlCall, Follows, SentMessage};
 use super::scenario::AttemptScript;
+use super::shared::Shared;
+use super::site::{dedup, ControlRefusal, SiteConn};
 use super::wire::{self, BodyStream, ConnFd, FrameWriter, Halt, CHANNEL_DEPTH};
-use super::{lock, ConnSlot, ControlCall, Follows, SentMessage, Shared, SimCredentials};
 
 /// Documented filter limits (protocols.md A.2) and hbc's site-stream limit.
 const MAX_TRACK: usize = 400;
@@ -28,10 +31,6 @@ const MAX_FOLLOW: usize = 5000;
 const MAX_BOXES: usize = 25;
 const MAX_SITE_FOLLOW: usize = 100;
 const MAX_CONTROL_IDS: usize = 100;
-/// Users one site stream may carry through its control stream (protocols.md
-/// A.3: "1,000 users per connection", unverified; also the service's
-/// `follow_limit` maximum). Bounds a stream's memory.
-pub(crate) const MAX_SITE_CARRIED: usize = 1000;
 
 /// Registers the Twitter routes.
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
@@ -213,7 +212,7 @@ fn open_stream(req: HttpRequest, body: &[u8], shared: web::Data<Shared>, kind: S
     let params = request_params(&req, body);
     let auth = check_auth(&req, &params, &shared.credentials);
     let (attempt, script) = shared.next_attempt();
-    let visible = super::visible_params(&params, |k| k.starts_with("oauth_"));
+    let visible = visible_params(&params, |k| k.starts_with("oauth_"));
     let log = |status: u16, auth_ok: bool| ConnSlot::for_request(&req, attempt, &visible, auth_ok, status, opened_at);
 
     if let Err(why) = auth {
@@ -246,7 +245,14 @@ fn open_stream(req: HttpRequest, body: &[u8], shared: web::Data<Shared>, kind: S
     slot.control_uri = stream_id.as_ref().map(|id| format!("/1.1/site/c/{id}"));
     let slot = shared.open(slot);
     let site = stream_id.map(|stream_id| {
-        let conn = Arc::new(SiteConn::new(stream_id, &sp, Arc::clone(&slot), carried));
+        let conn = Arc::new(SiteConn::new(
+            stream_id,
+            sp.delimited,
+            sp.with.clone(),
+            sp.replies.clone(),
+            Arc::clone(&slot),
+            carried,
+        ));
         lock(&shared.sites).insert(conn.stream_id.clone(), Arc::clone(&conn));
         conn
     });
@@ -264,7 +270,11 @@ fn open_stream(req: HttpRequest, body: &[u8], shared: web::Data<Shared>, kind: S
     });
     let shared = shared.into_inner();
     let broadcast = script.broadcast && matches!(kind, StreamKind::Filter | StreamKind::Sample);
-    let feed = if broadcast { fanout::subscribe(&shared, attempt, &script) } else { None };
+    let feed = if broadcast {
+        fanout::subscribe(&shared.hub, attempt, &script, shared.rate, shared.stop.subscribe())
+    } else {
+        None
+    };
     let producer = Producer {
         writer: FrameWriter::new(tx, shared.stop.subscribe(), sp.delimited, script.split, seed),
         stop: shared.stop.subscribe(),
@@ -530,8 +540,7 @@ impl Producer {
 
     fn apply_site_changes(&mut self) {
         if let Some(site) = &self.site {
-            if site.dirty.swap(false, Ordering::AcqRel) {
-                let carried = lock(&site.carried).clone();
+            if let Some(carried) = site.changes() {
                 self.gen.set_site_users(&carried);
             }
         }
@@ -548,76 +557,6 @@ impl Drop for Producer {
         }
     }
 }
-
-/// `ids` without repeats, in first-seen order.
-fn dedup(ids: &[u64]) -> Vec<u64> {
-    let mut seen = std::collections::HashSet::with_capacity(ids.len());
-    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
-}
-
-/// A live site stream, reachable through its control URI.
-pub(crate) struct SiteConn {
-    pub(crate) stream_id: String,
-    delimited: bool,
-    with: String,
-    replies: String,
-    slot: Arc<ConnSlot>,
-    /// The users carried now, in order; shared with `slot.follows`.
-    carried: Arc<Mutex<Vec<u64>>>,
-    /// `carried` changed since the producer last looked.
-    dirty: AtomicBool,
-}
-
-impl SiteConn {
-    fn new(stream_id: String, sp: &StreamParams, slot: Arc<ConnSlot>, carried: Arc<Mutex<Vec<u64>>>) -> SiteConn {
-        SiteConn {
-            stream_id,
-            delimited: sp.delimited,
-            with: sp.with.clone(),
-            replies: sp.replies.clone(),
-            slot,
-            carried,
-            dirty: AtomicBool::new(false),
-        }
-    }
-
-    fn add(&self, ids: &[u64]) -> Result<(), ControlRefusal> {
-        let mut users = lock(&self.carried);
-        let new = dedup(ids).into_iter().filter(|id| !users.contains(id)).collect::<Vec<u64>>();
-        if users.len() + new.len() > MAX_SITE_CARRIED {
-            return Err((413, Some(format!("A stream carries at most {MAX_SITE_CARRIED} users"))));
-        }
-        users.extend(new);
-        self.dirty.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    fn remove(&self, ids: &[u64]) {
-        lock(&self.carried).retain(|u| !ids.contains(u));
-        self.dirty.store(true, Ordering::Release);
-    }
-
-    fn info_json(&self) -> serde_json::Value {
-        let users: Vec<serde_json::Value> = lock(&self.carried)
-            .iter()
-            .map(|id| serde_json::json!({ "id": id, "id_str": id.to_string(), "name": format!("user{id}"), "dm": false }))
-            .collect();
-        serde_json::json!({
-            "info": {
-                "users": users,
-                "delimited": if self.delimited { "length" } else { "none" },
-                "include_followings_activity": self.with == "followings",
-                "include_user_changes": false,
-                "replies": self.replies,
-                "with": self.with,
-            }
-        })
-    }
-}
-
-/// A refused control request: the status, and a plain-text body unless the
-/// status has Twitter's own (401, 404).
-type ControlRefusal = (u16, Option<String>);
 
 fn refuse((status, text): ControlRefusal) -> HttpResponse {
     match text {
@@ -736,7 +675,7 @@ fn control_answer(
 /// `friends/ids.json` for the one user in `ids`, who must be on the stream.
 fn friends_ids(conn: &SiteConn, ids: &[u64]) -> Result<HttpResponse, ControlRefusal> {
     let user = match ids {
-        [u] if lock(&conn.carried).contains(u) => *u,
+        [u] if conn.carries(*u) => *u,
         _ => return Err((404, Some("User is not on this stream".into()))),
     };
     let friends: serde_json::Value =

@@ -1,0 +1,153 @@
+//! The state every worker thread and stream shares (`Shared`): the settings
+//! taken from the config, the fault script and attempt counter, the logs, the
+//! site streams by id, the broadcast hub, the Mastodon state and the stop.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::config::{SimCredentials, SimulatorConfig};
+use super::fanout::Hub;
+use super::mastodon_state;
+use super::records::{lock, ConnSlot, ConnectionRecord, ControlCall, SentMessage};
+use super::scenario::{AttemptScript, Scenario};
+use super::site::SiteConn;
+
+/// The connection log keeps this many records: a client in a reconnect loop
+/// with a 5000-id follow list must not grow the simulator without bound.
+pub const MAX_CONNECTION_RECORDS: usize = 10_000;
+
+/// The control-call log keeps this many records.
+pub const MAX_CONTROL_CALLS: usize = 10_000;
+
+/// State shared by every worker thread and stream.
+pub(crate) struct Shared {
+    pub(crate) started: Instant,
+    /// The bound address (instance discovery announces it).
+    pub(crate) addr: SocketAddr,
+    pub(crate) rate: u32,
+    pub(crate) keepalive: Duration,
+    pub(crate) credentials: Vec<SimCredentials>,
+    pub(crate) record_sent: usize,
+    script: Mutex<(Scenario, u64)>,
+    log: Mutex<VecDeque<Arc<ConnSlot>>>,
+    /// Streams answered 200 and not yet ended, by `ConnSlot::serial`.
+    open: Mutex<BTreeMap<u64, Arc<ConnSlot>>>,
+    serials: AtomicU64,
+    sent: Mutex<VecDeque<SentMessage>>,
+    control_calls: Mutex<VecDeque<ControlCall>>,
+    pub(crate) sites: Mutex<HashMap<String, Arc<SiteConn>>>,
+    /// Shared with the broadcast generator task.
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) mastodon: mastodon_state::State,
+    pub(crate) stop: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: &SimulatorConfig, addr: SocketAddr) -> Shared {
+        Shared {
+            started: Instant::now(),
+            addr,
+            rate: config.rate,
+            keepalive: Duration::from_millis(config.keepalive_ms.max(1)),
+            credentials: config.credentials.clone(),
+            record_sent: config.record_sent,
+            script: Mutex::new((config.scenario.clone(), 0)),
+            log: Mutex::new(VecDeque::new()),
+            open: Mutex::new(BTreeMap::new()),
+            serials: AtomicU64::new(0),
+            sent: Mutex::new(VecDeque::new()),
+            control_calls: Mutex::new(VecDeque::new()),
+            sites: Mutex::new(HashMap::new()),
+            hub: Arc::default(),
+            mastodon: mastodon_state::State::new(config),
+            stop: watch::channel(false).0,
+        }
+    }
+
+    /// Replaces the script and resets the attempt counter
+    /// (`SimHandle::set_scenario`).
+    pub(crate) fn set_scenario(&self, scenario: Scenario) {
+        *lock(&self.script) = (scenario, 0);
+        self.hub.rearm();
+    }
+
+    /// Takes the next attempt number and its script.
+    pub(crate) fn next_attempt(&self) -> (u64, AttemptScript) {
+        let mut guard = lock(&self.script);
+        let attempt = guard.1;
+        guard.1 += 1;
+        (attempt, guard.0.script_for(attempt).clone())
+    }
+
+    /// Logs a new streaming request; one answered 200 (or 101, a WebSocket)
+    /// also counts as open until `close`.
+    pub(crate) fn open(&self, mut slot: ConnSlot) -> Arc<ConnSlot> {
+        slot.serial = self.serials.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(slot);
+        {
+            let mut log = lock(&self.log);
+            if log.len() >= MAX_CONNECTION_RECORDS {
+                log.pop_front();
+            }
+            log.push_back(Arc::clone(&slot));
+        }
+        if matches!(slot.status, 200 | 101) {
+            lock(&self.open).insert(slot.serial, Arc::clone(&slot));
+        }
+        slot
+    }
+
+    /// The stream of `slot` has ended.
+    pub(crate) fn close(&self, slot: &ConnSlot) {
+        lock(&self.open).remove(&slot.serial);
+    }
+
+    /// `SimHandle::carried`.
+    pub(crate) fn carried(&self) -> BTreeMap<u64, BTreeSet<u64>> {
+        let open: Vec<Arc<ConnSlot>> = lock(&self.open).values().cloned().collect();
+        // In opening order, so a later connection with the same attempt
+        // number (after `set_scenario`) wins.
+        open.iter().filter(|s| !s.is_closed()).map(|s| (s.attempt, s.follows().into_iter().collect())).collect()
+    }
+
+    /// Logs a control-stream request, dropping the oldest beyond the bound.
+    pub(crate) fn log_control(&self, call: ControlCall) {
+        let mut calls = lock(&self.control_calls);
+        while calls.len() >= MAX_CONTROL_CALLS {
+            calls.pop_front();
+        }
+        calls.push_back(call);
+    }
+
+    /// Keeps `msg` if recording is on, dropping the oldest beyond the bound.
+    pub(crate) fn record(&self, msg: SentMessage) {
+        if self.record_sent == 0 {
+            return;
+        }
+        let mut sent = lock(&self.sent);
+        while sent.len() >= self.record_sent {
+            sent.pop_front();
+        }
+        sent.push_back(msg);
+    }
+
+    /// `SimHandle::connections`.
+    pub(crate) fn connections(&self) -> Vec<ConnectionRecord> {
+        lock(&self.log).iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// `SimHandle::sent`.
+    pub(crate) fn sent(&self) -> Vec<SentMessage> {
+        lock(&self.sent).iter().cloned().collect()
+    }
+
+    /// `SimHandle::control_calls`.
+    pub(crate) fn control_calls(&self) -> Vec<ControlCall> {
+        lock(&self.control_calls).iter().cloned().collect()
+    }
+}
