@@ -38,7 +38,7 @@ struct Request {
 /// An SSE server: connection `n` gets the events of `script[n]` (ids and
 /// JSON data), then is cut off abruptly or, when its flag says so, stays
 /// open with heartbeats.
-fn sse_server(script: Vec<(std::ops::RangeInclusive<u64>, bool)>) -> (u16, Arc<Mutex<Vec<Request>>>) {
+fn sse_server(script: Vec<(std::ops::Range<u64>, bool)>) -> (u16, Arc<Mutex<Vec<Request>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -46,7 +46,7 @@ fn sse_server(script: Vec<(std::ops::RangeInclusive<u64>, bool)>) -> (u16, Arc<M
     std::thread::spawn(move || {
         for (n, stream) in listener.incoming().enumerate() {
             let Ok(stream) = stream else { return };
-            let (events, stay_open) = script.get(n).cloned().unwrap_or((1..=0, true));
+            let (events, stay_open) = script.get(n).cloned().unwrap_or((0..0, true));
             let log = log.clone();
             std::thread::spawn(move || serve(stream, events, stay_open, &log));
         }
@@ -54,7 +54,7 @@ fn sse_server(script: Vec<(std::ops::RangeInclusive<u64>, bool)>) -> (u16, Arc<M
     (port, seen)
 }
 
-fn serve(mut stream: TcpStream, events: std::ops::RangeInclusive<u64>, stay_open: bool, log: &Mutex<Vec<Request>>) {
+fn serve(mut stream: TcpStream, events: std::ops::Range<u64>, stay_open: bool, log: &Mutex<Vec<Request>>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut last_event_id = None;
     loop {
@@ -98,7 +98,7 @@ fn written_ids(dir: &Path) -> Vec<String> {
 #[test]
 fn the_sse_source_resumes_with_last_event_id_and_writes_every_event_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, requests) = sse_server(vec![(1..=50, false), (51..=120, true), (121..=130, true)]);
+    let (port, requests) = sse_server(vec![(1..51, false), (51..121, true), (121..131, true)]);
     let config = sse_config(dir.path(), port);
     let bin = example("custom_source");
 
