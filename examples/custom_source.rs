@@ -19,6 +19,7 @@ use streamherd_actors::connection::actor::{Conn, ConnectionSpec, Protocol};
 use streamherd_actors::connection::http::{self, BodyKind};
 use streamherd_actors::connection::link::{Input, Link};
 use streamherd_actors::connection::stats::ConnectionStats;
+use streamherd_actors::delivery::dedup::Dedup;
 use streamherd_actors::error::{ConfigError, StreamError};
 use streamherd_actors::event::EventKind;
 use streamherd_actors::planner::{Ctx, Family, ShardPlanner, SourceBasics};
@@ -61,7 +62,7 @@ fn parse(table: serde_json::Value, ctx: &SourceContext) -> Result<Arc<dyn Source
         backoff: ctx.backoff.clone(),
         stall_timeout: stall_timeout(&ctx.key("stall_timeout_s"), t.stall_timeout_s, ctx.stall_timeout)?,
         max_message_bytes: ctx.max_message_bytes,
-        dedup: false,
+        dedup: Dedup::Never,
     };
     let position = ctx.state_dir.join(&*ctx.name).join("sse.json");
     Ok(Arc::new(SseSource { name: ctx.name.clone(), url: http_url(&ctx.key("url"), &t.url)?, position, basics }))

@@ -16,7 +16,7 @@ use crate::connection::actor::{Command, ConnectionSpec, Protocol, Report, Report
 use crate::connection::backoff::BackoffConfig;
 use crate::connection::backoff_actor::BackoffActor;
 use crate::connection::stats::{Carries, ConnectionState, ConnectionStats, SourceCounters};
-use crate::delivery::dedup::{DedupWindow, DEFAULT_WINDOW};
+use crate::delivery::dedup::{Dedup, DedupWindow, DEFAULT_WINDOW};
 use crate::delivery::handoff::Handoff;
 use crate::error::DisconnectCause;
 use crate::event::EventKind;
@@ -56,6 +56,13 @@ pub trait Family: Sized + Unpin + 'static {
 
     /// The protocol config of a new connection `id` carrying `shard`.
     fn connection(p: &ShardPlanner<Self>, id: &Arc<str>, shard: &Self::Shard) -> <Self::Protocol as Protocol>::Config;
+
+    /// Whether `shard` is in a change during which another connection of the
+    /// source may deliver the same messages (beyond the handovers, retiring
+    /// and draining connections the planner itself tracks).
+    fn overlapping(_shard: &Self::Shard) -> bool {
+        false
+    }
 
     /// What a shard carries, for `/streams` (default: nothing to list).
     fn carries(_shard: &Self::Shard) -> Carries {
@@ -131,9 +138,9 @@ pub struct SourceBasics {
     pub stall_timeout: Duration,
     /// Largest message kept.
     pub max_message_bytes: usize,
-    /// Connections of the source can deliver the same message (a
-    /// make-before-break overlap): pass events through a shared window.
-    pub dedup: bool,
+    /// Whether connections of the source can deliver the same message (a
+    /// make-before-break overlap) and how its messages are told apart.
+    pub dedup: Dedup,
 }
 
 /// Where a shard's connection stands.
@@ -188,7 +195,10 @@ pub struct ShardPlanner<F: Family> {
 impl<F: Family> ShardPlanner<F> {
     /// A planner for a validated source.
     pub fn new(basics: SourceBasics, family: F, ctx: PlannerContext) -> Self {
-        let dedup = basics.dedup.then(|| Arc::new(DedupWindow::new(DEFAULT_WINDOW)));
+        let dedup = match basics.dedup {
+            Dedup::Never => None,
+            Dedup::Overlaps { unique_ids } => Some(Arc::new(DedupWindow::new(DEFAULT_WINDOW, unique_ids))),
+        };
         let handoff = Handoff::new(ctx.sinks.clone(), dedup);
         ShardPlanner {
             basics,
@@ -256,6 +266,7 @@ impl<F: Family> ShardPlanner<F> {
         let shard =
             Shard { id, addr, stats, phase: Phase::Starting, replaces, retiring: false, draining: false, state };
         self.shards.insert(index, shard);
+        self.refresh_overlap(ctx);
         Some(index)
     }
 
@@ -266,6 +277,28 @@ impl<F: Family> ShardPlanner<F> {
             shard.addr.do_send(StopStream);
             self.ctx.stats.remove(&shard.id);
         }
+    }
+
+    /// Opens the source's de-duplication window while two connections can
+    /// deliver the same messages — a replacement not yet answered, a
+    /// connection reading out its overlap or draining its share, a family
+    /// change in flight — and closes it `HANDOVER_OVERLAP` after the last one
+    /// ended, so that what was already in flight is still compared. Call it
+    /// after any change to the shards.
+    pub fn refresh_overlap(&mut self, ctx: &mut Ctx<F>) {
+        if self.overlap_now() {
+            self.handoff.set_overlap(true);
+        } else if self.handoff.overlapping() {
+            ctx.run_later(HANDOVER_OVERLAP, |act, _| {
+                if !act.overlap_now() {
+                    act.handoff.set_overlap(false);
+                }
+            });
+        }
+    }
+
+    fn overlap_now(&self) -> bool {
+        self.shards.values().any(|s| s.replaces.is_some() || s.retiring || s.draining || F::overlapping(&s.state))
     }
 
     /// Sends shard `index` a command (applied live, or at its next connect).
@@ -328,7 +361,10 @@ impl<F: Family> Handler<Report<Notice<F>>> for ShardPlanner<F> {
                     if let Some(o) = self.shards.get_mut(&old) {
                         o.retiring = true;
                     }
-                    ctx.run_later(HANDOVER_OVERLAP, move |act, _| act.retire(old));
+                    ctx.run_later(HANDOVER_OVERLAP, move |act, ctx| {
+                        act.retire(old);
+                        act.refresh_overlap(ctx);
+                    });
                 }
                 F::connected(self, ctx, index);
             }
@@ -349,6 +385,7 @@ impl<F: Family> Handler<Report<Notice<F>>> for ShardPlanner<F> {
             }
             Reported::Notice(notice) => F::notice(self, ctx, index, notice),
         }
+        self.refresh_overlap(ctx);
     }
 }
 
@@ -356,7 +393,9 @@ impl<F: Family> Handler<ChangeFollows> for ShardPlanner<F> {
     type Result = Result<FollowsChanged, PlanError>;
 
     fn handle(&mut self, msg: ChangeFollows, ctx: &mut Context<Self>) -> Self::Result {
-        F::change_follows(self, ctx, msg)
+        let changed = F::change_follows(self, ctx, msg);
+        self.refresh_overlap(ctx);
+        changed
     }
 }
 
@@ -365,7 +404,11 @@ impl<F: Family> Handler<ReloadSource> for ShardPlanner<F> {
 
     fn handle(&mut self, msg: ReloadSource, ctx: &mut Context<Self>) -> Self::Result {
         match msg.0.as_any().downcast_ref::<F::Spec>() {
-            Some(spec) => F::reload(self, ctx, spec.clone()),
+            Some(spec) => {
+                let changed = F::reload(self, ctx, spec.clone());
+                self.refresh_overlap(ctx);
+                changed
+            }
             None => Err(PlanError::NotApplicable(format!(
                 "source `{}` changed its kind; restart the service to apply it",
                 self.basics.name
@@ -378,7 +421,9 @@ impl<F: Family> Handler<Consolidate> for ShardPlanner<F> {
     type Result = Result<Consolidated, PlanError>;
 
     fn handle(&mut self, _: Consolidate, ctx: &mut Context<Self>) -> Self::Result {
-        F::consolidate(self, ctx)
+        let consolidated = F::consolidate(self, ctx);
+        self.refresh_overlap(ctx);
+        consolidated
     }
 }
 

@@ -1,7 +1,8 @@
 //! [`Handoff`]: where a connection puts what it parsed. Each batch goes to
 //! every sink in order; the sink's `when_full` decides whether a full queue
 //! holds the reader back. A source whose connections can overlap passes a
-//! de-duplication window shared by its connections.
+//! de-duplication window shared by its connections, which its planner opens
+//! only while an overlap lasts.
 
 use std::sync::Arc;
 
@@ -36,5 +37,18 @@ impl Handoff {
             }
         }
         duplicates
+    }
+
+    /// Opens or closes the source's overlap window (a no-op for sources
+    /// whose connections never overlap).
+    pub fn set_overlap(&self, open: bool) {
+        if let Some(window) = &self.dedup {
+            window.set_open(open);
+        }
+    }
+
+    /// Whether the overlap window is open.
+    pub fn overlapping(&self) -> bool {
+        self.dedup.as_ref().is_some_and(|w| w.is_open())
     }
 }

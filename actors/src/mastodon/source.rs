@@ -14,6 +14,7 @@ use super::family::MastodonFamily;
 use super::kinds::KINDS;
 use super::spec::MastodonSpec;
 use super::streams::MastodonStream;
+use crate::delivery::dedup::Dedup;
 use crate::error::ConfigError;
 use crate::planner::{ShardPlanner, SourceBasics};
 use crate::source::{Credential, PlannerContext, Source, SourceContext, SourceHandle, SourceKind};
@@ -69,7 +70,7 @@ impl Source for MastodonSpec {
             stall_timeout: self.stall_timeout,
             max_message_bytes: self.max_message_bytes,
             // Catch-up de-duplicates against the live stream per stream.
-            dedup: false,
+            dedup: Dedup::Never,
         };
         ShardPlanner::new(basics, MastodonFamily::new(self.clone()), ctx).start_source()
     }

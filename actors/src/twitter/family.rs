@@ -235,8 +235,10 @@ fn sync_shard(p: &mut P, ctx: &mut Ctx<TwitterFamily>, index: usize) -> bool {
                 start(p, ctx, credential, query, Some(index));
             }
         }
+        p.refresh_overlap(ctx);
     })
     .spawn(ctx);
+    p.refresh_overlap(ctx);
     false
 }
 
@@ -261,6 +263,7 @@ fn request_update(p: &mut P, ctx: &mut Ctx<TwitterFamily>) -> String {
     let handle = ctx.run_later(delay, |p, ctx| {
         p.family.update_timer = None;
         apply_update(p, ctx);
+        p.refresh_overlap(ctx);
     });
     p.family.update_timer = Some((handle, now + delay));
     if delay.is_zero() {
@@ -390,6 +393,12 @@ impl Family for TwitterFamily {
             credentials: spec.credentials[shard.credential].clone(),
             delimiting: if spec.query.delimited { Delimiting::Length } else { Delimiting::Lines },
         }
+    }
+
+    /// A control-stream change in flight: a follow moving between site
+    /// connections is added to the new one before it leaves the old one.
+    fn overlapping(shard: &TwitterShard) -> bool {
+        shard.syncing
     }
 
     fn carries(shard: &TwitterShard) -> Carries {

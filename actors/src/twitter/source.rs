@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use super::config;
 use super::family::TwitterFamily;
-use super::kinds::KINDS;
+use super::kinds::{DIRECT_MESSAGE, KINDS, TWEET};
 use super::request::TwitterEndpoint;
 use super::shards::plan_shards;
 use super::spec::TwitterSpec;
+use crate::delivery::dedup::Dedup;
 use crate::error::ConfigError;
 use crate::planner::{ShardPlanner, SourceBasics};
 use crate::source::{Credential, PlannerContext, Source, SourceContext, SourceHandle, SourceKind};
@@ -94,8 +95,9 @@ impl Source for TwitterSpec {
             backoff: self.backoff.clone(),
             stall_timeout: self.stall_timeout,
             max_message_bytes: self.max_message_bytes,
-            // Make-before-break handovers overlap two connections.
-            dedup: true,
+            // Make-before-break handovers and follows moving between site
+            // connections overlap two connections.
+            dedup: Dedup::Overlaps { unique_ids: &[TWEET, DIRECT_MESSAGE] },
         };
         ShardPlanner::new(basics, TwitterFamily::new(self.clone()), ctx).start_source()
     }
