@@ -9,7 +9,7 @@
 
 use std::any::Any;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use streamherd_actors::connection::actor::{Conn, ConnectionSpec, Protocol};
 use streamherd_actors::connection::http::{self, BodyKind};
 use streamherd_actors::connection::link::{Input, Link};
 use streamherd_actors::connection::stats::ConnectionStats;
+use streamherd_actors::delivery::ack::OnWritten;
 use streamherd_actors::delivery::dedup::Dedup;
 use streamherd_actors::error::{ConfigError, StreamError};
 use streamherd_actors::event::EventKind;
@@ -108,19 +109,19 @@ impl Family for SseFamily {
     }
 }
 
-/// One SSE connection: the id of the last event delivered is its position.
+/// One SSE connection: the id of the last event every sink wrote is its position.
 struct SseProtocol {
     source: SseSource,
-    /// The last event id delivered to every sink.
-    delivered: Option<String>,
-    /// The last event id parsed, delivered once this step's events are.
+    /// The last event id every sink wrote: set by the sinks' acknowledgement.
+    delivered: Arc<Mutex<Option<String>>>,
+    /// The last event id parsed, recorded once this step's events are written.
     parsed: Option<String>,
     saved_at: Option<Instant>,
 }
 
 impl SseProtocol {
     fn save(&mut self) {
-        let Some(id) = &self.delivered else { return };
+        let Some(id) = self.delivered.lock().ok().and_then(|d| d.clone()) else { return };
         let body = serde_json::json!({ "last_event_id": id }).to_string();
         match streamherd_actors::persist::write_atomically(&self.source.position, body.as_bytes()) {
             Ok(()) => self.saved_at = Some(Instant::now()),
@@ -139,14 +140,14 @@ impl Protocol for SseProtocol {
         let stored =
             std::fs::read(&source.position).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
         let delivered = stored.and_then(|v| v["last_event_id"].as_str().map(str::to_owned));
-        SseProtocol { source, delivered, parsed: None, saved_at: None }
+        SseProtocol { source, delivered: Arc::new(Mutex::new(delivered)), parsed: None, saved_at: None }
     }
 
     async fn open(&mut self, conn: &mut Conn<Self>) -> Result<Link, StreamError> {
         let mut request = http::client(conn.spec.stall_timeout).get(&self.source.url);
         request = request.insert_header((awc::http::header::ACCEPT, "text/event-stream"));
-        if let Some(id) = &self.delivered {
-            request = request.insert_header(("Last-Event-ID", id.as_str()));
+        if let Some(id) = self.delivered.lock().ok().and_then(|d| d.clone()) {
+            request = request.insert_header(("Last-Event-ID", id));
         }
         tracing::info!(connection = %conn.spec.id, url = %self.source.url, resume = ?self.delivered, "connecting (sse)");
         http::open(&conn.spec.id, request.send(), BodyKind::Sse, &FATAL, conn.spec.max_message_bytes).await
@@ -174,13 +175,19 @@ impl Protocol for SseProtocol {
 
     fn apply(&mut self, _: (), _: &ConnectionStats) {}
 
-    fn delivered(&mut self) {
-        if let Some(id) = self.parsed.take() {
-            self.delivered = Some(id);
-            if self.saved_at.map_or(true, |t| t.elapsed() >= SAVE_EVERY) {
-                self.save();
-            }
+    fn written(&mut self) -> Option<OnWritten> {
+        // Saves what earlier acknowledgements recorded; this step's id is
+        // recorded only once its events are written.
+        if self.saved_at.map_or(true, |t| t.elapsed() >= SAVE_EVERY) {
+            self.save();
         }
+        let id = self.parsed.take()?;
+        let delivered = self.delivered.clone();
+        Some(Box::new(move || {
+            if let Ok(mut d) = delivered.lock() {
+                *d = Some(id);
+            }
+        }))
     }
 
     fn closed(&mut self, _: bool) {

@@ -54,7 +54,8 @@ pub fn start_sinks(
                 streamherd_actors::error::SinkError::Config { key, message } => err(key, message),
                 other => err(spec.context.key("kind"), other.to_string()),
             })?;
-            Ok(start_sink(sink, spec.options.clone(), metrics.clone()))
+            start_sink(sink, spec.options.clone(), metrics.clone())
+                .map_err(|e| err(spec.context.key("when_full"), e.to_string()))
         })
         .collect()
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use streamherd_actors::connection::backoff::BackoffConfig;
+use streamherd_actors::delivery::spill::SEGMENT_BYTES;
 use streamherd_actors::settings::{secs, Secret};
+use streamherd_actors::sinks::overflow::SpillOptions;
 use streamherd_actors::sinks::runtime::{SinkOptions, WhenFull};
 use streamherd_actors::sinks::{SinkBuildContext, SinkRegistry};
 use streamherd_actors::source::{Source, SourceContext, SourceRegistry};
@@ -422,7 +424,16 @@ fn backoff_config(b: &BackoffSection) -> Result<BackoffConfig, KeyedError> {
     })
 }
 
-const SHARED_SINK_KEYS: [&str; 6] = ["name", "kind", "kinds", "sources", "buffer", "when_full"];
+/// `spill_max_bytes` unless set: 10 GiB.
+const DEFAULT_SPILL_MAX_BYTES: u64 = 10 << 30;
+
+/// A sink name as one path component (its spill directory).
+fn file_name_of(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
+}
+
+const SHARED_SINK_KEYS: [&str; 9] =
+    ["name", "kind", "kinds", "sources", "buffer", "when_full", "batch_max_events", "batch_max_ms", "spill_max_bytes"];
 
 fn validate_sink(
     i: usize,
@@ -480,13 +491,26 @@ fn validate_sink(
             .filter(|n| *n >= 1 && *n <= 10_000_000)
             .ok_or_else(|| (key("buffer"), "must be 1..=10000000".into()))? as usize,
     };
-    let when_full = match string("when_full")?.as_deref() {
-        None | Some("block") => WhenFull::Block,
-        Some("drop_newest") => WhenFull::DropNewest,
-        Some("spill") => {
-            return Err((key("when_full"), "`spill` is planned, not available yet: use block or drop_newest".into()))
+    let bounded = |f: &str, default: u64, max: u64| -> Result<u64, KeyedError> {
+        match table.get(f) {
+            None => Ok(default),
+            Some(v) => {
+                v.as_u64().filter(|n| (1..=max).contains(n)).ok_or_else(|| (key(f), format!("must be 1..={max}")))
+            }
         }
-        Some(other) => return Err((key("when_full"), format!("`{other}` is not block, drop_newest or spill"))),
+    };
+    let batch_max_events = bounded("batch_max_events", 1024, 1_000_000)? as usize;
+    let batch_max = Duration::from_millis(bounded("batch_max_ms", 50, 60_000)?);
+    let when_full = match string("when_full")?.as_deref() {
+        None | Some("spill") => WhenFull::Spill,
+        Some("block") => WhenFull::Block,
+        Some("drop_newest") => WhenFull::DropNewest,
+        Some(other) => return Err((key("when_full"), format!("`{other}` is not spill, block or drop_newest"))),
+    };
+    let spill = SpillOptions {
+        dir: service.state_dir.join("spill").join(file_name_of(&name)),
+        max_bytes: bounded("spill_max_bytes", DEFAULT_SPILL_MAX_BYTES, u64::MAX >> 1)?,
+        segment_bytes: SEGMENT_BYTES,
     };
     let settings: serde_json::Map<String, serde_json::Value> = table
         .iter()
@@ -501,7 +525,16 @@ fn validate_sink(
     })?;
     Ok(SinkSpec {
         kind,
-        options: SinkOptions { name, buffer, when_full, kinds, sources: sources_filter },
+        options: SinkOptions {
+            name,
+            batch_max_events,
+            batch_max,
+            buffer,
+            when_full,
+            kinds,
+            sources: sources_filter,
+            spill,
+        },
         settings,
         context,
     })

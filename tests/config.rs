@@ -75,9 +75,13 @@ fn defaults_match_the_spec() {
 fn errors_name_the_key() {
     let e = load("[backoff]\njitter = 2.0\n").unwrap_err();
     assert_eq!(e.key, "backoff.jitter");
-    let e = load("[[sinks]]\nname = \"x\"\nkind = \"stdout\"\nwhen_full = \"spill\"\n").unwrap_err();
+    let e = load("[[sinks]]\nname = \"x\"\nkind = \"stdout\"\nwhen_full = \"spool\"\n").unwrap_err();
     assert_eq!(e.key, "sinks[0].when_full");
-    assert!(e.message.contains("planned"));
+    assert!(e.message.contains("spill, block or drop_newest"), "{}", e.message);
+    let e = load("[[sinks]]\nname = \"x\"\nkind = \"stdout\"\nspill_max_bytes = 0\n").unwrap_err();
+    assert_eq!(e.key, "sinks[0].spill_max_bytes");
+    let e = load("[[sinks]]\nname = \"x\"\nkind = \"stdout\"\nbatch_max_ms = -1\n").unwrap_err();
+    assert_eq!(e.key, "sinks[0].batch_max_ms");
     let e = load("[[sinks]]\nname = \"x\"\nkind = \"kafka\"\n").unwrap_err();
     assert_eq!(e.key, "sinks[0].kind");
     assert!(e.message.contains("stdout") && e.message.contains("file"), "lists known kinds: {}", e.message);

@@ -28,6 +28,21 @@ impl EventKind {
         EventKind(name)
     }
 
+    /// The kind named `name`, for names read back from disk (a spill). A
+    /// name not seen before is leaked once: kinds are a small fixed set.
+    pub fn intern(name: &str) -> EventKind {
+        use std::collections::HashSet;
+        use std::sync::{Mutex, OnceLock, PoisonError};
+        static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+        let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = names.get(name) {
+            return EventKind(n);
+        }
+        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        names.insert(leaked);
+        EventKind(leaked)
+    }
+
     /// The name used in the output format, config `kinds` filters and metrics.
     pub const fn as_str(self) -> &'static str {
         self.0

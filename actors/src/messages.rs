@@ -7,15 +7,22 @@ use std::sync::Arc;
 use actix::prelude::Message;
 use serde::Serialize;
 
+use crate::delivery::ack::BatchAck;
 use crate::event::Event;
 
-/// Events from one connection, in arrival order. Shared by every sink that
-/// takes them, so fan-out copies a pointer, not the payloads.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
+/// A connection's batch for its planner: the events of one socket read (up
+/// to a bound), in arrival order. Answered with how many the overlap window
+/// dropped, once every sink has queued the rest; the sinks acknowledge
+/// through `ack` once written.
+#[derive(Message, Debug)]
+#[rtype(result = "usize")]
 pub struct Batch {
+    /// Connection id.
+    pub connection: Arc<str>,
     /// The events, in the order they were read.
-    pub events: Arc<[Event]>,
+    pub events: Vec<Event>,
+    /// Dropped by every sink once it wrote its share.
+    pub ack: Option<BatchAck>,
 }
 
 /// Close the connection and do not reconnect; answered once it has ended.

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub sink_dropped_total: Family<SinkLabel, Counter>,
     /// `streamherd_sink_queue_depth{sink}`: events queued, not yet written.
     pub sink_queue_depth: Family<SinkLabel, Gauge>,
+    /// `streamherd_spill_bytes{sink}`: bytes of a sink's disk queue not yet replayed.
+    pub spill_bytes: Family<SinkLabel, Gauge>,
 }
 
 impl Metrics {
@@ -105,6 +107,7 @@ impl Metrics {
         r.register("sink_errors", "Write errors by sink", self.sink_errors_total.clone());
         r.register("sink_dropped", "Events a sink dropped", self.sink_dropped_total.clone());
         r.register("sink_queue_depth", "Events queued for a sink", self.sink_queue_depth.clone());
+        r.register("spill_bytes", "Bytes in a sink's disk queue, not yet replayed", self.spill_bytes.clone());
     }
 
     /// Label helper.

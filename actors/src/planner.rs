@@ -21,8 +21,8 @@ use crate::delivery::handoff::Handoff;
 use crate::error::DisconnectCause;
 use crate::event::EventKind;
 use crate::messages::{
-    ChangeFollows, Consolidate, Consolidated, FollowsChanged, GetSourceHealth, PlanError, SourceFailed, SourceHealth,
-    StopSource, StopStream,
+    Batch, ChangeFollows, Consolidate, Consolidated, FollowsChanged, GetSourceHealth, PlanError, SourceFailed,
+    SourceHealth, StopSource, StopStream,
 };
 use crate::source::{PlannerContext, ReloadSource, SourceHandle};
 
@@ -197,7 +197,7 @@ impl<F: Family> ShardPlanner<F> {
     pub fn new(basics: SourceBasics, family: F, ctx: PlannerContext) -> Self {
         let dedup = match basics.dedup {
             Dedup::Never => None,
-            Dedup::Overlaps { unique_ids } => Some(Arc::new(DedupWindow::new(DEFAULT_WINDOW, unique_ids))),
+            Dedup::Overlaps { unique_ids } => Some(DedupWindow::new(DEFAULT_WINDOW, unique_ids)),
         };
         let handoff = Handoff::new(ctx.sinks.clone(), dedup);
         ShardPlanner {
@@ -254,9 +254,9 @@ impl<F: Family> ShardPlanner<F> {
         let (follows, streams) = (carries.follow.len(), carries.streams.len());
         let stats = ConnectionStats::new(id.clone(), self.basics.name.clone(), carries, counters);
         self.ctx.stats.add(stats.clone());
-        let (handoff, reports, actor_stats) = (self.handoff.clone(), ctx.address().recipient(), stats.clone());
+        let (batches, reports, actor_stats) = (ctx.address().recipient(), ctx.address().recipient(), stats.clone());
         let make = move |_: &mut Context<StreamActor<F::Protocol>>| {
-            StreamActor::new(spec, config, backoff, handoff, reports, actor_stats)
+            StreamActor::new(spec, config, backoff, batches, reports, actor_stats)
         };
         let addr = match self.ctx.arbiters.get(index % self.ctx.arbiters.len().max(1)) {
             Some(arbiter) => actix::Supervisor::start_in_arbiter(arbiter, make),
@@ -386,6 +386,23 @@ impl<F: Family> Handler<Report<Notice<F>>> for ShardPlanner<F> {
             Reported::Notice(notice) => F::notice(self, ctx, index, notice),
         }
         self.refresh_overlap(ctx);
+    }
+}
+
+impl<F: Family> Handler<Batch> for ShardPlanner<F> {
+    type Result = ResponseFuture<usize>;
+
+    /// De-duplicates the batch against the other connections' while an
+    /// overlap is open, then queues it in every sink. The answer waits for
+    /// the sinks' queues (backpressure on that connection only); batches of
+    /// other connections are handled meanwhile.
+    fn handle(&mut self, msg: Batch, _: &mut Context<Self>) -> Self::Result {
+        let (events, duplicates) = self.handoff.filter(msg.events);
+        let queued = self.handoff.deliver(events, msg.ack);
+        Box::pin(async move {
+            queued.await;
+            duplicates
+        })
     }
 }
 

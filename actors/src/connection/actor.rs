@@ -1,7 +1,7 @@
 //! The one `StreamActor`, generic over a family's [`Protocol`]: per
 //! connection it waits out the backoff asked of its source's `BackoffActor`,
 //! opens the link, reads it against a stall deadline (the time of the last
-//! byte), hands what the protocol parsed to the sinks, runs commands from its
+//! byte), hands what the protocol parsed to its planner in batches, runs commands from its
 //! planner, reports its lifecycle, and stops without cutting a delivery in
 //! half. It runs under actix supervision: when a connection ends the actor
 //! stops, actix restarts it, and `started` asks for the wait again.
@@ -17,10 +17,10 @@ use tokio::sync::{mpsc, Notify};
 use super::backoff_actor::{BackoffActor, PlanAttempt};
 use super::link::{snippet, Input, Link};
 use super::stats::{ConnectionState, ConnectionStats};
-use crate::delivery::handoff::Handoff;
+use crate::delivery::ack::{AckChain, OnWritten};
 use crate::error::{DisconnectCause, StreamError};
 use crate::event::{Event, EventKind};
-use crate::messages::StopStream;
+use crate::messages::{Batch, StopStream};
 
 /// How long a stop waits for the batch in hand to reach the sinks.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -97,8 +97,12 @@ pub trait Protocol: Sized + Unpin + 'static {
     /// A piece of side work finished.
     fn side_done(&mut self, _done: Self::Side, _conn: &mut Conn<Self>) {}
 
-    /// What the last step produced has reached every sink.
-    fn delivered(&mut self) {}
+    /// Work to run once the events of the last step are written by every
+    /// sink that takes them, after the work of earlier steps (record a
+    /// resume position). `None` when there is nothing to record.
+    fn written(&mut self) -> Option<OnWritten> {
+        None
+    }
 
     /// The attempt is over; `connected` says whether it had been answered.
     fn closed(&mut self, _connected: bool) {}
@@ -213,7 +217,8 @@ pub struct StreamActor<P: Protocol> {
     spec: Arc<ConnectionSpec>,
     /// `None` while an attempt runs: the attempt owns it and gives it back.
     protocol: Option<P>,
-    handoff: Handoff,
+    planner: Recipient<Batch>,
+    acks: AckChain,
     reports: Recipient<Report<P::Notice>>,
     stats: Arc<ConnectionStats>,
     backoff: Addr<BackoffActor>,
@@ -236,7 +241,7 @@ impl<P: Protocol> StreamActor<P> {
         spec: ConnectionSpec,
         config: P::Config,
         backoff: Addr<BackoffActor>,
-        handoff: Handoff,
+        planner: Recipient<Batch>,
         reports: Recipient<Report<P::Notice>>,
         stats: Arc<ConnectionStats>,
     ) -> Self {
@@ -244,7 +249,8 @@ impl<P: Protocol> StreamActor<P> {
         StreamActor {
             spec: Arc::new(spec),
             protocol: Some(protocol),
-            handoff,
+            planner,
+            acks: AckChain::default(),
             reports,
             stats,
             backoff,
@@ -291,7 +297,8 @@ impl<P: Protocol> StreamActor<P> {
         let io = Io {
             spec: self.spec.clone(),
             stats: self.stats.clone(),
-            handoff: self.handoff.clone(),
+            planner: self.planner.clone(),
+            acks: self.acks.clone(),
             reports: self.reports.clone(),
             stop: self.stop.clone(),
             commands: rx,
@@ -414,28 +421,42 @@ struct AttemptEnd {
 struct Io<P: Protocol> {
     spec: Arc<ConnectionSpec>,
     stats: Arc<ConnectionStats>,
-    handoff: Handoff,
+    planner: Recipient<Batch>,
+    acks: AckChain,
     reports: Recipient<Report<P::Notice>>,
     stop: Arc<Notify>,
     commands: mpsc::UnboundedReceiver<P::Command>,
 }
 
 impl<P: Protocol> Io<P> {
-    /// Sends this step's notices to the planner, then hands its events to
-    /// the sinks, then lets the protocol know they are delivered.
+    /// Sends this step's notices to the planner, then its events as one
+    /// batch, with the protocol's work for when they are written; returns
+    /// once the sinks have queued them (one message per batch, not per event).
     async fn flush(&self, protocol: &mut P, conn: &mut Conn<P>) {
         for notice in conn.notices.drain(..) {
             self.reports.do_send(Report { connection: self.spec.id.clone(), what: Reported::Notice(notice) });
         }
-        if !conn.events.is_empty() {
-            let events = std::mem::take(&mut conn.events);
-            self.stats.add_messages(events.len() as u64, Utc::now().timestamp_millis());
-            let duplicates = self.handoff.deliver(events).await;
-            if duplicates > 0 {
+        let ack = self.acks.batch(protocol.written());
+        if conn.events.is_empty() {
+            // Nothing to write: the work runs once the batches before it are written.
+            return;
+        }
+        let events = std::mem::take(&mut conn.events);
+        let count = events.len();
+        self.stats.add_messages(count as u64, Utc::now().timestamp_millis());
+        let unsent = ack.clone();
+        match self.planner.send(Batch { connection: self.spec.id.clone(), events, ack }).await {
+            Ok(0) => {}
+            Ok(duplicates) => {
                 self.stats.counters().duplicates.inc_by(duplicates as u64);
             }
+            Err(_) => {
+                if let Some(a) = &unsent {
+                    a.lost();
+                }
+                tracing::error!(connection = %self.spec.id, lost = count, "the planner is gone; a batch was not delivered")
+            }
         }
-        protocol.delivered();
     }
 }
 

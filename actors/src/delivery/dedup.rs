@@ -1,13 +1,11 @@
 //! A bounded de-duplication window per source, open only while two of its
 //! connections can deliver the same message (a make-before-break handover,
-//! a follow moving between connections). Outside an overlap events pass
-//! without a lock. Keys are 64-bit hashes in a ring, so memory is fixed
-//! however long the service runs.
+//! a follow moving between connections). Its planner owns it, so it needs no
+//! lock; outside an overlap events pass untouched. Keys are 64-bit hashes in
+//! a ring, so memory is fixed however long the service runs.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 use crate::event::{Event, EventKind};
 
@@ -37,8 +35,8 @@ pub struct DedupWindow {
     capacity: usize,
     unique_ids: &'static [EventKind],
     hasher: std::collections::hash_map::RandomState,
-    open: AtomicBool,
-    inner: Mutex<Ring>,
+    open: bool,
+    ring: Ring,
 }
 
 #[derive(Debug, Default)]
@@ -54,55 +52,39 @@ impl DedupWindow {
             capacity: capacity.max(1),
             unique_ids,
             hasher: std::collections::hash_map::RandomState::new(),
-            open: AtomicBool::new(false),
-            inner: Mutex::new(Ring::default()),
+            open: false,
+            ring: Ring::default(),
         }
     }
 
     /// Opens the window (an overlap began) or closes it (the overlap ended):
     /// closing forgets every key, so a later overlap compares only its own
     /// events.
-    pub fn set_open(&self, open: bool) {
-        let was = self.open.swap(open, Ordering::AcqRel);
-        if was && !open {
-            if let Ok(mut ring) = self.inner.lock() {
-                *ring = Ring::default();
-            }
+    pub fn set_open(&mut self, open: bool) {
+        if self.open && !open {
+            self.ring = Ring::default();
         }
+        self.open = open;
     }
 
     /// Whether an overlap is open.
     pub fn is_open(&self) -> bool {
-        self.open.load(Ordering::Acquire)
-    }
-
-    /// One message's identity: its id for kinds whose ids are unique per
-    /// message, else its payload bytes, so that two distinct notices about
-    /// the same user or status are never taken for one. The user and stream
-    /// it was delivered for are part of it: one status for two users (or on
-    /// two streams) is two deliveries.
-    fn key(&self, e: &Event) -> u64 {
-        let stream = e.stream.as_deref();
-        match e.id.as_deref() {
-            Some(id) if self.unique_ids.contains(&e.kind) => {
-                self.hasher.hash_one((e.kind, e.for_user, stream, 0u8, id))
-            }
-            _ => self.hasher.hash_one((e.kind, e.for_user, stream, 1u8, &e.payload[..])),
-        }
+        self.open
     }
 
     /// Keeps the events not seen before in the current overlap; returns them
     /// and how many were dropped. A closed window keeps everything.
-    pub fn filter(&self, events: Vec<Event>) -> (Vec<Event>, usize) {
-        if !self.is_open() {
+    pub fn filter(&mut self, events: Vec<Event>) -> (Vec<Event>, usize) {
+        if !self.open {
             return (events, 0);
         }
-        let Ok(mut ring) = self.inner.lock() else { return (events, 0) };
         let before = events.len();
+        let ring = &mut self.ring;
+        let (hasher, unique_ids) = (&self.hasher, self.unique_ids);
         let kept: Vec<Event> = events
             .into_iter()
             .filter(|e| {
-                let k = self.key(e);
+                let k = key(hasher, unique_ids, e);
                 if !ring.seen.insert(k) {
                     return false;
                 }
@@ -117,6 +99,19 @@ impl DedupWindow {
             .collect();
         let dropped = before - kept.len();
         (kept, dropped)
+    }
+}
+
+/// One message's identity: its id for kinds whose ids are unique per
+/// message, else its payload bytes, so that two distinct notices about the
+/// same user or status are never taken for one. The user and stream it was
+/// delivered for are part of it: one status for two users (or on two
+/// streams) is two deliveries.
+fn key(hasher: &std::collections::hash_map::RandomState, unique_ids: &[EventKind], e: &Event) -> u64 {
+    let stream = e.stream.as_deref();
+    match e.id.as_deref() {
+        Some(id) if unique_ids.contains(&e.kind) => hasher.hash_one((e.kind, e.for_user, stream, 0u8, id)),
+        _ => hasher.hash_one((e.kind, e.for_user, stream, 1u8, &e.payload[..])),
     }
 }
 
@@ -145,14 +140,14 @@ mod tests {
     }
 
     fn open(capacity: usize) -> DedupWindow {
-        let w = DedupWindow::new(capacity, &[TWEET]);
+        let mut w = DedupWindow::new(capacity, &[TWEET]);
         w.set_open(true);
         w
     }
 
     #[test]
     fn drops_repeats_of_one_message_by_id_or_by_bytes() {
-        let w = open(100);
+        let mut w = open(100);
         let (kept, dropped) = w.filter(vec![
             ev(TWEET, Some("1"), None, r#"{"id":1}"#),
             // The same tweet rendered differently by the other connection.
@@ -170,7 +165,7 @@ mod tests {
 
     #[test]
     fn distinct_notices_about_one_user_are_never_merged() {
-        let w = open(100);
+        let mut w = open(100);
         let notices = vec![
             ev(USER_WITHHELD, Some("9"), None, r#"{"user_withheld":{"id":9,"withheld_in_countries":["DE"]}}"#),
             ev(USER_WITHHELD, Some("9"), None, r#"{"user_withheld":{"id":9,"withheld_in_countries":["FR"]}}"#),
@@ -182,26 +177,24 @@ mod tests {
 
     #[test]
     fn a_closed_window_keeps_everything_and_closing_forgets() {
-        let w = DedupWindow::new(100, &[TWEET]);
+        let mut w = DedupWindow::new(100, &[TWEET]);
         let twice = || vec![ev(LIMIT, None, None, r#"{"limit":{"track":5}}"#); 2];
         assert_eq!(w.filter(twice()).0.len(), 2);
         w.set_open(true);
         assert_eq!(w.filter(twice()).0.len(), 1);
         w.set_open(false);
-        assert_eq!(w.inner.lock().unwrap().seen.len(), 0);
+        assert_eq!(w.ring.seen.len(), 0);
         w.set_open(true);
         assert_eq!(w.filter(twice()).0.len(), 1, "a new overlap compares only its own events");
     }
 
     #[test]
     fn the_window_is_bounded() {
-        let w = open(10);
+        let mut w = open(10);
         for i in 0..1000 {
             w.filter(vec![ev(TWEET, Some(&i.to_string()), None, "{}")]);
         }
-        let ring = w.inner.lock().unwrap();
-        assert_eq!((ring.seen.len(), ring.order.len()), (10, 10));
-        drop(ring);
+        assert_eq!((w.ring.seen.len(), w.ring.order.len()), (10, 10));
         // An old key has been forgotten, a recent one is remembered.
         assert_eq!(w.filter(vec![ev(TWEET, Some("0"), None, "{}")]).1, 0);
         assert_eq!(w.filter(vec![ev(TWEET, Some("999"), None, "{}")]).1, 1);

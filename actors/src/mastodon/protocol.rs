@@ -24,6 +24,7 @@ use crate::connection::actor::{Conn, ConnectionSpec, Protocol};
 use crate::connection::http::{self, BodyKind};
 use crate::connection::link::{Input, Link};
 use crate::connection::stats::ConnectionStats;
+use crate::delivery::ack::OnWritten;
 use crate::error::StreamError;
 use crate::event::{Event, EventKind};
 
@@ -632,10 +633,16 @@ impl Protocol for MastodonProtocol {
         self.catch_up_done(done, conn);
     }
 
-    fn delivered(&mut self) {
-        for (key, id, at) in self.advance.drain(..) {
-            self.spec.positions.advance(&key, &id, at);
+    fn written(&mut self) -> Option<OnWritten> {
+        if self.advance.is_empty() {
+            return None;
         }
+        let (positions, advance) = (self.spec.positions.clone(), std::mem::take(&mut self.advance));
+        Some(Box::new(move || {
+            for (key, id, at) in advance {
+                positions.advance(&key, &id, at);
+            }
+        }))
     }
 
     fn closed(&mut self, connected: bool) {

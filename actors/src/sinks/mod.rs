@@ -1,10 +1,12 @@
 //! Sinks: the [`Sink`] trait users implement and the [`SinkRegistry`] of
 //! kinds (`sink`), the runtime that runs each configured sink on its own
-//! thread behind a bounded queue (`runtime`), the line format (`encode`),
-//! and the built-in sinks, one file each (`stdout`, `file`).
+//! thread behind a bounded queue (`runtime`) with its disk overflow
+//! (`overflow`), the line format (`encode`), and the built-in sinks, one
+//! file each (`stdout`, `file`).
 
 pub mod encode;
 pub mod file;
+pub mod overflow;
 pub mod runtime;
 pub mod sink;
 pub mod stdout;

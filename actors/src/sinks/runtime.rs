@@ -1,11 +1,13 @@
 //! Runs each configured sink as a [`SinkActor`] on its own thread (an actix
 //! `Arbiter`) behind a bounded queue counted in events. [`SinkHandle`] is the
 //! producer side: it filters, applies `when_full`, and writes gap events for
-//! what `drop_newest` dropped.
+//! what `drop_newest` dropped. The actor coalesces queued batches into one
+//! write and flush, and acknowledges each batch only after that flush.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use actix_rt::{Arbiter, ArbiterHandle};
@@ -18,7 +20,9 @@ use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::encode::{push_json_str, push_timestamp, push_u64};
+use super::overflow::{corruption_gap, Appended, Overflow, SpillOptions};
 use super::sink::Sink;
+use crate::delivery::ack::BatchAck;
 use crate::error::SinkError;
 use crate::event::{Event, EventKind};
 use crate::metrics::{Metrics, SourceLabel};
@@ -34,6 +38,9 @@ const RETRY_INITIAL: Duration = Duration::from_millis(100);
 /// once traffic stops.
 const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// A producer waiting for room in a full spill looks again this often.
+const SPILL_RECHECK: Duration = Duration::from_millis(100);
+
 /// Semaphore permits are taken `u32` at a time.
 const MAX_BUFFER: usize =
     if Semaphore::MAX_PERMITS < u32::MAX as usize { Semaphore::MAX_PERMITS } else { u32::MAX as usize };
@@ -42,8 +49,11 @@ const MAX_BUFFER: usize =
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
-    /// Wait for room: the stream stops reading and TCP pushes back on the server.
+    /// Append the overflow to a disk queue and replay it in order: the
+    /// streams read on at full speed while the sink is slow or down.
     #[default]
+    Spill,
+    /// Wait for room: the stream stops reading and TCP pushes back on the server.
     Block,
     /// Drop what does not fit, count it, and write one gap event per source
     /// once there is room again.
@@ -55,6 +65,10 @@ pub enum WhenFull {
 pub struct SinkOptions {
     /// The sink's configured name (metrics label, logs, gap events).
     pub name: String,
+    /// Queued events written with one write and flush, at most this many.
+    pub batch_max_events: usize,
+    /// A batch waits at most this long for more queued events before it is flushed.
+    pub batch_max: Duration,
     /// Events held in the queue before `when_full` applies (at least 1).
     pub buffer: usize,
     /// What to do with events that do not fit.
@@ -63,17 +77,27 @@ pub struct SinkOptions {
     pub kinds: Option<Vec<EventKind>>,
     /// Only these sources; `None` takes every source.
     pub sources: Option<Vec<String>>,
+    /// Where `when_full = "spill"` spills (unused otherwise).
+    pub spill: SpillOptions,
 }
 
 /// Starts `sink` on a new `Arbiter` (thread) and returns the handle that
-/// queues events for it.
+/// queues events for it. Fails when its spill directory cannot be opened.
 ///
 /// # Panics
 ///
 /// When called outside a running actix `System`, or when the OS cannot start
 /// the thread.
-pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -> SinkHandle {
+pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -> Result<SinkHandle, SinkError> {
     let label = Metrics::sink(&options.name);
+    let spill_gauge = metrics.spill_bytes.get_or_create(&label).clone();
+    let overflow = match options.when_full {
+        WhenFull::Spill => Some(Arc::new(
+            Overflow::open(&options.spill, &options.name, spill_gauge)
+                .map_err(|e| SinkError::Other(format!("sink `{}`: cannot open its spill queue: {e}", options.name)))?,
+        )),
+        _ => None,
+    };
     let counters = Counters {
         written: metrics.sink_events_total.get_or_create(&label).clone(),
         errors: metrics.sink_errors_total.get_or_create(&label).clone(),
@@ -82,10 +106,24 @@ pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -
     };
     let capacity = options.buffer.clamp(1, MAX_BUFFER);
     let arbiter = Arbiter::new().handle();
-    let actor =
-        SinkActor { sink: Some(sink), name: options.name.clone(), counters: counters.clone(), flush_due: false };
+    let queued = Arc::new(AtomicUsize::new(0));
+    let actor = SinkActor {
+        sink: Some(sink),
+        name: options.name.clone(),
+        counters: counters.clone(),
+        flush_due: false,
+        queued: queued.clone(),
+        batch_max_events: options.batch_max_events.max(1),
+        batch_max: options.batch_max,
+        held: Vec::new(),
+        held_events: 0,
+        held_since: None,
+        overflow: overflow.clone(),
+        connection: Arc::from(format!("sink/{}", options.name)),
+        gaps_total: metrics.gaps_total.clone(),
+    };
     let addr = SinkActor::start_in_arbiter(&arbiter, move |_| actor);
-    SinkHandle {
+    Ok(SinkHandle {
         shared: Arc::new(Shared {
             connection: Arc::from(format!("sink/{}", options.name)),
             name: options.name,
@@ -94,13 +132,15 @@ pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -
             kinds: options.kinds,
             sources: options.sources,
             permits: Arc::new(Semaphore::new(capacity)),
+            queued,
             addr,
             arbiter,
             counters,
             gaps_total: metrics.gaps_total,
             dropped_runs: Mutex::new(Vec::new()),
+            overflow,
         }),
-    }
+    })
 }
 
 /// This sink's metric handles, resolved once so the hot path takes no lock.
@@ -130,12 +170,17 @@ struct Shared {
     /// One permit per queued event; a permit travels with its event and is
     /// released once the event is written, which is what bounds the queue.
     permits: Arc<Semaphore>,
+    /// `WriteEvents` messages sent and not yet handled, so the actor knows
+    /// whether more are coming before it flushes.
+    queued: Arc<AtomicUsize>,
     addr: Addr<SinkActor>,
     arbiter: ArbiterHandle,
     counters: Counters,
     gaps_total: Family<SourceLabel, Counter>,
     /// What `drop_newest` dropped, per source, not yet reported by a gap event.
     dropped_runs: Mutex<Vec<DroppedRun>>,
+    /// `when_full = "spill"`: the disk queue.
+    overflow: Option<Arc<Overflow>>,
 }
 
 /// Consecutive drops from one source, reported as one gap event.
@@ -222,6 +267,12 @@ impl SinkHandle {
     /// sink pushes back on the socket reader. Under `drop_newest` it never
     /// waits: what does not fit is dropped and later reported by a gap event.
     pub async fn deliver(&self, events: &Arc<[Event]>) {
+        self.deliver_acked(events, None).await
+    }
+
+    /// Like [`SinkHandle::deliver`]; the sink drops its clone of `ack` once
+    /// the events it took are written and flushed (or marks it lost).
+    pub async fn deliver_acked(&self, events: &Arc<[Event]>, ack: Option<&BatchAck>) {
         let accepted: Arc<[Event]> = if events.iter().all(|e| self.accepts(e)) {
             Arc::clone(events)
         } else {
@@ -232,32 +283,89 @@ impl SinkHandle {
         }
         let capacity = self.shared.capacity;
         if accepted.len() <= capacity {
-            self.enqueue(accepted).await;
+            self.enqueue(accepted, ack).await;
         } else {
             // More than the whole queue could never get its permits at once.
             for chunk in accepted.chunks(capacity) {
-                self.enqueue(chunk.iter().cloned().collect()).await;
+                self.enqueue(chunk.iter().cloned().collect(), ack).await;
             }
         }
     }
 
     /// Queues at most `capacity` events.
-    async fn enqueue(&self, events: Arc<[Event]>) {
+    async fn enqueue(&self, events: Arc<[Event]>, ack: Option<&BatchAck>) {
         let shared = &*self.shared;
         if shared.permits.is_closed() {
-            self.dropped_after_stop(events.len());
+            self.dropped_after_stop(events.len(), ack);
             return;
         }
         match shared.when_full {
-            WhenFull::Block => match shared.permits.clone().acquire_many_owned(permit_count(events.len())).await {
-                Ok(permit) => self.send(events, permit),
-                Err(_closed) => self.dropped_after_stop(events.len()),
-            },
-            WhenFull::DropNewest => self.enqueue_or_drop(events),
+            WhenFull::Block => self.block(events, ack).await,
+            WhenFull::DropNewest => self.enqueue_or_drop(events, ack),
+            WhenFull::Spill => self.enqueue_or_spill(events, ack).await,
         }
     }
 
-    fn enqueue_or_drop(&self, events: Arc<[Event]>) {
+    /// Queues in memory while there is room and nothing is spilled, else
+    /// appends to the spill; at the spill's limit waits for replay to make
+    /// room (the fallback to `block`).
+    async fn enqueue_or_spill(&self, events: Arc<[Event]>, ack: Option<&BatchAck>) {
+        let shared = &*self.shared;
+        let Some(overflow) = &shared.overflow else { return self.block(events, ack).await };
+        let n = permit_count(events.len());
+        loop {
+            let room = overflow.room.notified();
+            tokio::pin!(room);
+            // Registered before the check, so a wake-up in between is not missed.
+            room.as_mut().enable();
+            let mut permit = None;
+            let appended = overflow.append(&events, ack, || {
+                permit = shared.permits.clone().try_acquire_many_owned(n).ok();
+                permit.is_some()
+            });
+            match appended {
+                Appended::NotNeeded => {
+                    if let Some(permit) = permit {
+                        self.send(events, permit, ack.cloned());
+                    }
+                    return;
+                }
+                Appended::Yes { first } => {
+                    if first {
+                        shared.addr.do_send(DrainSpill);
+                    }
+                    return;
+                }
+                Appended::Broken => return self.block(events, ack).await,
+                Appended::Full => {
+                    // Bounded, so a stop is noticed even if no replay wakes us.
+                    let _ = tokio::time::timeout(SPILL_RECHECK, room).await;
+                    if shared.permits.is_closed() {
+                        return self.dropped_after_stop(events.len(), ack);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn block(&self, events: Arc<[Event]>, ack: Option<&BatchAck>) {
+        match self.shared.permits.clone().acquire_many_owned(permit_count(events.len())).await {
+            Ok(permit) => self.send(events, permit, ack.cloned()),
+            Err(_closed) => self.dropped_after_stop(events.len(), ack),
+        }
+    }
+
+    /// Whether events are spilled and not yet replayed.
+    pub fn spilled(&self) -> bool {
+        self.shared.overflow.as_ref().is_some_and(|o| o.active())
+    }
+
+    /// Whether the spill is at its limit, so the sink holds its streams back.
+    pub fn spill_full(&self) -> bool {
+        self.shared.overflow.as_ref().is_some_and(|o| o.full())
+    }
+
+    fn enqueue_or_drop(&self, events: Arc<[Event]>, ack: Option<&BatchAck>) {
         let shared = &*self.shared;
         let emit_gaps = shared.accepts_kind(EventKind::GAP);
         // Held across the permit check so that two producers cannot both
@@ -272,12 +380,18 @@ impl SinkHandle {
         };
         let Some(permit) = permit else {
             record_drop(shared, &mut runs, &events);
+            if let Some(a) = &ack {
+                a.lost();
+            }
             return;
         };
         let reported: Vec<DroppedRun> =
             if emit_gaps { runs.drain(..gaps_now).collect() } else { runs.drain(..).collect() };
         if take < events.len() {
             record_drop(shared, &mut runs, &events[take..]);
+            if let Some(a) = &ack {
+                a.lost();
+            }
         }
         drop(runs);
 
@@ -292,7 +406,7 @@ impl SinkHandle {
         if reported.is_empty() || !emit_gaps {
             let batch = if take == events.len() { events } else { events[..take].iter().cloned().collect() };
             if !batch.is_empty() {
-                self.send(batch, permit);
+                self.send(batch, permit, ack.cloned());
             }
             return;
         }
@@ -302,10 +416,10 @@ impl SinkHandle {
             shared.gaps_total.get_or_create(&Metrics::source(&run.source)).inc();
         }
         batch.extend(events[..take].iter().cloned());
-        self.send(batch.into(), permit);
+        self.send(batch.into(), permit, ack.cloned());
     }
 
-    fn send(&self, events: Arc<[Event]>, permit: OwnedSemaphorePermit) {
+    fn send(&self, events: Arc<[Event]>, permit: OwnedSemaphorePermit, ack: Option<BatchAck>) {
         let shared = &*self.shared;
         let count = permit.num_permits();
         shared.counters.depth.inc_by(gauge_value(count));
@@ -317,14 +431,21 @@ impl SinkHandle {
                 dropped = events.len(),
                 "sink actor is gone; events dropped"
             );
+            if let Some(a) = &ack {
+                a.lost();
+            }
             return;
         }
+        shared.queued.fetch_add(1, Ordering::AcqRel);
         // The permits bound the queue, so ignoring actix's own mailbox
         // capacity (which `do_send` does) is what we want.
-        shared.addr.do_send(WriteEvents { events, _permit: permit });
+        shared.addr.do_send(WriteEvents { events, permit, ack });
     }
 
-    fn dropped_after_stop(&self, count: usize) {
+    fn dropped_after_stop(&self, count: usize, ack: Option<&BatchAck>) {
+        if let Some(a) = &ack {
+            a.lost();
+        }
         self.shared.counters.dropped.inc_by(count as u64);
         tracing::warn!(sink = %self.shared.name, dropped = count, "sink is stopped; dropping events");
     }
@@ -416,13 +537,25 @@ impl Drop for QueuedPermit {
     }
 }
 
-/// Writes these events, in order, then flushes the sink.
+/// Writes these events, in order; flushed with the batches queued behind it.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct WriteEvents {
     events: Arc<[Event]>,
-    _permit: QueuedPermit,
+    permit: QueuedPermit,
+    ack: Option<BatchAck>,
 }
+
+/// Replays the next chunk of the spill (sent when a spill starts, and by
+/// the actor to itself until the spill is empty).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DrainSpill;
+
+/// Flushes what was written if the oldest of it has waited `batch_max`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushDue;
 
 /// Answers once everything queued before it is written and the sink flushed.
 #[derive(Message)]
@@ -442,21 +575,35 @@ pub struct SinkActor {
     counters: Counters,
     /// A batch was written since the last idle flush.
     flush_due: bool,
+    /// `WriteEvents` sent and not yet handled (shared with the handle).
+    queued: Arc<AtomicUsize>,
+    batch_max_events: usize,
+    batch_max: Duration,
+    /// Written and not yet flushed: their room in the queue and their
+    /// acknowledgements, released by the next successful flush.
+    held: Vec<(QueuedPermit, Option<BatchAck>)>,
+    held_events: usize,
+    held_since: Option<Instant>,
+    overflow: Option<Arc<Overflow>>,
+    /// `sink/<name>`, the `connection` of this sink's gap events.
+    connection: Arc<str>,
+    gaps_total: Family<SourceLabel, Counter>,
 }
 
 impl SinkActor {
-    fn write_with_retry(&mut self, events: &[Event]) {
+    /// Writes `events`; false when they were dropped after every attempt failed.
+    fn write_with_retry(&mut self, events: &[Event]) -> bool {
         let Some(sink) = self.sink.as_mut() else {
             self.counters.dropped.inc_by(events.len() as u64);
             tracing::error!(sink = %self.name, dropped = events.len(), "sink is closed; events dropped");
-            return;
+            return false;
         };
         let mut delay = RETRY_INITIAL;
         for attempt in 1..=WRITE_ATTEMPTS {
             match guarded(|| sink.write(events)) {
                 Ok(()) => {
                     self.counters.written.inc_by(events.len() as u64);
-                    return;
+                    return true;
                 }
                 Err(e) if attempt == WRITE_ATTEMPTS => {
                     self.counters.errors.inc();
@@ -485,6 +632,27 @@ impl SinkActor {
                 }
             }
         }
+        false
+    }
+
+    /// Flushes what was written since the last flush and, when that worked,
+    /// acknowledges its batches and frees their room. A failed flush keeps
+    /// them held (the file sink keeps the unwritten bytes) and is retried.
+    fn flush_held(&mut self, ctx: &mut Context<Self>) -> Result<(), SinkError> {
+        let result = self.flush_sink();
+        match &result {
+            Ok(()) => {
+                self.held.clear();
+                self.held_events = 0;
+                self.held_since = None;
+            }
+            Err(_) if !self.held.is_empty() => {
+                self.held_since = Some(Instant::now());
+                ctx.notify_later(FlushDue, RETRY_INITIAL.max(self.batch_max));
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     fn flush_sink(&mut self) -> Result<(), SinkError> {
@@ -519,6 +687,10 @@ impl Actor for SinkActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if self.overflow.as_ref().is_some_and(|o| o.active()) {
+            // An earlier run's spill goes first: new events queue behind it.
+            ctx.notify(DrainSpill);
+        }
         ctx.run_interval(IDLE_FLUSH_INTERVAL, |act, _| {
             if std::mem::take(&mut act.flush_due) {
                 // Errors are counted and logged inside.
@@ -531,21 +703,93 @@ impl Actor for SinkActor {
 impl Handler<WriteEvents> for SinkActor {
     type Result = ();
 
-    fn handle(&mut self, msg: WriteEvents, _: &mut Self::Context) {
-        self.write_with_retry(&msg.events);
-        // Counted and logged inside; the next flush tries again.
-        let _ = self.flush_sink();
+    /// Writes the batch, then flushes unless more batches are already queued
+    /// (they join this write(2)) and the held ones are within
+    /// `batch_max_events` and `batch_max`.
+    fn handle(&mut self, msg: WriteEvents, ctx: &mut Self::Context) {
+        let WriteEvents { events, permit, ack } = msg;
+        if !self.write_with_retry(&events) {
+            if let Some(a) = &ack {
+                a.lost();
+            }
+        }
+        self.held.push((permit, ack));
+        self.held_events += events.len();
         self.flush_due = true;
-        // `msg` drops here, releasing the permits now that the events are written.
+        let more_queued = self.queued.fetch_sub(1, Ordering::AcqRel) > 1;
+        let since = *self.held_since.get_or_insert_with(Instant::now);
+        if !more_queued || self.held_events >= self.batch_max_events || since.elapsed() >= self.batch_max {
+            // Counted and logged inside; a failed flush is retried.
+            let _ = self.flush_held(ctx);
+        } else if self.held.len() == 1 {
+            ctx.notify_later(FlushDue, self.batch_max);
+        }
+    }
+}
+
+impl Handler<DrainSpill> for SinkActor {
+    type Result = ();
+
+    /// Writes one chunk of the spill, flushes, consumes it, and asks for the
+    /// next; other messages (a stop) are handled in between.
+    fn handle(&mut self, _: DrainSpill, ctx: &mut Self::Context) {
+        let Some(overflow) = self.overflow.clone() else { return };
+        if self.sink.is_none() {
+            return;
+        }
+        let chunk = match overflow.next(self.batch_max_events) {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return,
+            Err(e) => {
+                self.counters.errors.inc();
+                tracing::error!(sink = %self.name, error = %e, "cannot read the spill; retrying");
+                ctx.notify_later(DrainSpill, SPILL_RECHECK * 10);
+                return;
+            }
+        };
+        let mut gap = None;
+        if let Some(c) = &chunk.corruption {
+            tracing::error!(
+                sink = %self.name,
+                segment = %c.segment.display(),
+                offset = c.offset,
+                bytes_cut = c.bytes_cut,
+                "spill file is damaged (torn or corrupt record); cut there, the events stored after it are lost"
+            );
+            let event = corruption_gap(&self.name, &self.connection, chunk.events.last(), c);
+            self.gaps_total.get_or_create(&Metrics::source(&event.source)).inc();
+            gap = Some(event);
+        }
+        let written = self.write_with_retry(&chunk.events)
+            && gap.as_ref().map_or(true, |g| self.write_with_retry(std::slice::from_ref(g)));
+        if self.flush_held(ctx).is_err() && written {
+            // Not consumed: the same chunk is read again after a pause.
+            ctx.notify_later(DrainSpill, RETRY_INITIAL);
+            return;
+        }
+        if let Err(e) = overflow.consumed(&chunk, !written) {
+            tracing::error!(sink = %self.name, error = %e, "cannot update the spill after replay; events may be written again");
+        }
+        ctx.notify(DrainSpill);
+    }
+}
+
+impl Handler<FlushDue> for SinkActor {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushDue, ctx: &mut Self::Context) {
+        if self.held_since.is_some_and(|t| t.elapsed() >= self.batch_max) {
+            let _ = self.flush_held(ctx);
+        }
     }
 }
 
 impl Handler<Flush> for SinkActor {
     type Result = Result<(), SinkError>;
 
-    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) -> Self::Result {
         self.flush_due = false;
-        self.flush_sink()
+        self.flush_held(ctx)
     }
 }
 
@@ -553,7 +797,16 @@ impl Handler<Close> for SinkActor {
     type Result = Result<(), SinkError>;
 
     fn handle(&mut self, _: Close, ctx: &mut Self::Context) -> Self::Result {
-        let result = self.flush_sink();
+        let result = self.flush_held(ctx);
+        if let Some(overflow) = &self.overflow {
+            overflow.close();
+        }
+        // What the last flush could not hand over is lost with the sink.
+        for (_, ack) in self.held.drain(..) {
+            if let Some(a) = &ack {
+                a.lost();
+            }
+        }
         if let Some(sink) = self.sink.take() {
             // Dropping is a sink's last chance to finish (the file sink syncs).
             if let Err(e) = guarded(move || {
@@ -573,6 +826,8 @@ mod tests {
     use std::future::Future;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Condvar;
+
+    use std::path::PathBuf;
 
     use chrono::TimeZone;
 
@@ -690,11 +945,20 @@ mod tests {
     }
 
     fn options(buffer: usize, when_full: WhenFull) -> SinkOptions {
-        SinkOptions { name: "archive".into(), buffer, when_full, kinds: None, sources: None }
+        SinkOptions {
+            name: "archive".into(),
+            batch_max_events: 1024,
+            batch_max: Duration::from_millis(50),
+            buffer,
+            when_full,
+            kinds: None,
+            sources: None,
+            spill: SpillOptions { dir: PathBuf::new(), max_bytes: 1 << 20, segment_bytes: 1 << 16 },
+        }
     }
 
     fn start(recorder: &Recorder, options: SinkOptions, metrics: &Metrics) -> SinkHandle {
-        start_sink(Box::new(RecordingSink(recorder.clone())), options, metrics.clone())
+        start_sink(Box::new(RecordingSink(recorder.clone())), options, metrics.clone()).expect("sink starts")
     }
 
     async fn within<F: Future>(what: &str, fut: F) -> F::Output {
