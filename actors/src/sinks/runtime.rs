@@ -1214,4 +1214,43 @@ mod tests {
         assert!(within("flush after stop", sink.flush()).await.is_err());
         within("second stop", sink.stop()).await;
     }
+
+    fn spilling(dir: &std::path::Path, buffer: usize) -> SinkOptions {
+        let mut opts = options(buffer, WhenFull::Spill);
+        opts.spill = SpillOptions { dir: dir.to_path_buf(), max_bytes: 1 << 24, segment_bytes: 1 << 12 };
+        opts
+    }
+
+    #[actix_rt::test]
+    async fn spill_keeps_the_producer_reading_and_replays_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let gate = Gate::default();
+        let _open = OpenOnDrop(gate.clone());
+        let recorder = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
+        let metrics = Metrics::default();
+        let sink = start(&recorder, spilling(dir.path(), 4), &metrics);
+        // The sink is held: a `block` sink would stop the caller after 4 events.
+        for n in 0..50 {
+            within("deliver while the sink is held", sink.deliver(&tweets("a", n * 10..n * 10 + 10))).await;
+        }
+        assert!(sink.spilled());
+        assert!(metrics.spill_bytes.get_or_create(&Metrics::sink("archive")).get() > 0);
+        gate.open();
+        let expected: Vec<String> = (0..500).map(|i| i.to_string()).collect();
+        within("replay", async {
+            while recorder.written().len() < 500 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert_eq!(recorder.ids(), expected);
+        within("spill idle", async {
+            while sink.spilled() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert_eq!(metrics.spill_bytes.get_or_create(&Metrics::sink("archive")).get(), 0);
+        within("stop", sink.stop()).await;
+    }
 }
