@@ -691,10 +691,11 @@ impl Actor for SinkActor {
             // An earlier run's spill goes first: new events queue behind it.
             ctx.notify(DrainSpill);
         }
-        ctx.run_interval(IDLE_FLUSH_INTERVAL, |act, _| {
+        ctx.run_interval(IDLE_FLUSH_INTERVAL, |act, ctx| {
             if std::mem::take(&mut act.flush_due) {
-                // Errors are counted and logged inside.
-                let _ = act.flush_sink();
+                // Errors are counted and logged inside; held batches are
+                // acknowledged only by a flush that worked.
+                let _ = act.flush_held(ctx);
             }
         });
     }
