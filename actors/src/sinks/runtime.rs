@@ -1254,4 +1254,44 @@ mod tests {
         assert_eq!(metrics.spill_bytes.get_or_create(&Metrics::sink("archive")).get(), 0);
         within("stop", sink.stop()).await;
     }
+
+    #[actix_rt::test]
+    async fn a_restart_replays_what_was_spilled_before_new_events() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let gate = Gate::default();
+        let _open = OpenOnDrop(gate.clone());
+        let first = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
+        let metrics = Metrics::default();
+        let mut opts = spilling(dir.path(), 2);
+        opts.batch_max_events = 4;
+        let sink = start(&first, opts.clone(), &metrics);
+        within("deliver into memory", sink.deliver(&tweets("a", 0..2))).await;
+        within("deliver into the spill", sink.deliver(&tweets("a", 2..20))).await;
+        assert!(sink.spilled());
+        // The stop is queued behind the held write and one replay chunk, so
+        // most of the spill is still on disk when the sink closes.
+        let stopping = actix_rt::spawn({
+            let sink = sink.clone();
+            async move { sink.stop().await }
+        });
+        gate.open();
+        within("stop", stopping).await.expect("stop task");
+        let before: Vec<String> = first.ids();
+        assert!(before.len() < 20, "the stop came before the spill was replayed: {before:?}");
+
+        let second = Recorder::default();
+        let sink = start(&second, opts, &metrics);
+        within("deliver after the restart", sink.deliver(&tweets("a", 100..103))).await;
+        within("replay", async {
+            while before.len() + second.written().len() < 23 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let mut all = before;
+        all.extend(second.ids());
+        let expected: Vec<String> = (0..20).chain(100..103).map(|i| i.to_string()).collect();
+        assert_eq!(all, expected);
+        within("stop again", sink.stop()).await;
+    }
 }
