@@ -265,10 +265,18 @@ fn read_files(dir: &Path, while_writing: bool) -> Vec<Envelope> {
             text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
         }
         assert!(text.is_empty() || text.ends_with('\n'), "{} ends in a partial line", f.display());
-        for line in text.lines() {
+        out.extend(parse_envelopes(&text));
+    }
+    out
+}
+
+/// Parses every line of `text` strictly: a split or interleaved line fails.
+pub fn parse_envelopes(text: &str) -> Vec<Envelope> {
+    text.lines()
+        .map(|line| {
             let raw: RawEnvelope<'_> =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("bad envelope line ({e}): {line:.200}"));
-            out.push(Envelope {
+            Envelope {
                 source: raw.source,
                 kind: raw.kind,
                 id: raw.id,
@@ -278,10 +286,9 @@ fn read_files(dir: &Path, while_writing: bool) -> Vec<Envelope> {
                 stream: raw.stream,
                 payload: raw.payload.get().to_owned(),
                 line: line.to_owned(),
-            });
-        }
-    }
-    out
+            }
+        })
+        .collect()
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {

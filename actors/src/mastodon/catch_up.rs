@@ -83,6 +83,12 @@ impl CatchUpRequest {
 
     /// The URL of one page call with cursor `min_id` (no token in it).
     pub fn page_url(&self, min_id: &str) -> String {
+        self.url(Some(min_id), self.page_limit)
+    }
+
+    /// `limit` items from the newest (`min_id` absent), or the page after
+    /// `min_id`.
+    fn url(&self, min_id: Option<&str>, limit: u32) -> String {
         let path = self.path.as_str();
         let mut url = String::with_capacity(self.base_url.len() + path.len() + 64);
         url.push_str(self.base_url.trim_end_matches('/'));
@@ -100,11 +106,25 @@ impl CatchUpRequest {
             encode_component(v, &mut url);
             url.push('&');
         }
-        url.push_str("min_id=");
-        encode_component(min_id, &mut url);
-        url.push_str("&limit=");
-        url.push_str(&self.page_limit.max(1).to_string());
+        if let Some(min_id) = min_id {
+            url.push_str("min_id=");
+            encode_component(min_id, &mut url);
+            url.push('&');
+        }
+        url.push_str("limit=");
+        url.push_str(&limit.max(1).to_string());
         url
+    }
+
+    /// The `Authorization` value, marked sensitive so it never shows in logs.
+    fn auth(&self) -> Result<Option<HeaderValue>, CatchUpError> {
+        if self.token.is_empty() {
+            return Ok(None);
+        }
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", self.token))
+            .map_err(|_| CatchUpError::InvalidRequest("the token is not a valid header value".into()))?;
+        value.set_sensitive(true);
+        Ok(Some(value))
     }
 }
 
@@ -617,14 +637,7 @@ async fn call_page(
 /// paging reached the end. Items not newer than `req.min_id` are not filtered
 /// out (the caller de-duplicates against the live stream anyway).
 pub async fn fetch_since(client: &awc::Client, req: &CatchUpRequest) -> Result<CatchUpOutcome, CatchUpError> {
-    let auth = if req.token.is_empty() {
-        None
-    } else {
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", req.token))
-            .map_err(|_| CatchUpError::InvalidRequest("the token is not a valid header value".into()))?;
-        value.set_sensitive(true);
-        Some(value)
-    };
+    let auth = req.auth()?;
     let mut outcome = CatchUpOutcome::default();
     let mut seen: HashSet<Box<str>> = HashSet::new();
     let mut used_cursors: HashSet<String> = HashSet::new();
@@ -682,6 +695,23 @@ pub async fn fetch_since(client: &awc::Client, req: &CatchUpRequest) -> Result<C
     }
     outcome.complete = complete;
     Ok(outcome)
+}
+
+/// The id of the newest item on `req`'s timeline (`req.min_id` is not
+/// used); `None` when the timeline is empty. A stream that has no position
+/// yet records this before it subscribes, so that a crash before its first
+/// event is written still leaves a point to catch up from.
+pub async fn newest_id(client: &awc::Client, req: &CatchUpRequest) -> Result<Option<Box<str>>, CatchUpError> {
+    let auth = req.auth()?;
+    let mut outcome = CatchUpOutcome::default();
+    let url = req.url(None, 1);
+    match call_page(client, req, &url, auth.as_ref(), &mut outcome).await? {
+        CallResult::Page(res) => {
+            let (items, _) = split_page(&res.body)?;
+            Ok(items.into_iter().map(|i| i.id).max_by(|a, b| id_cmp(a, b)))
+        }
+        CallResult::Stop => Err(CatchUpError::Network("rate limited".into())),
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 
-use super::catch_up::{fetch_since, id_cmp, CatchUpError, CatchUpOutcome, CatchUpRequest};
+use super::catch_up::{fetch_since, id_cmp, newest_id, CatchUpError, CatchUpOutcome, CatchUpRequest};
 use super::decode::{from_sse, from_websocket, MastodonFrame, MastodonMessage};
 use super::kinds;
 use super::resume::ResumeStore;
@@ -98,6 +98,9 @@ pub struct MastodonProtocol {
     session: Option<Session>,
     /// Positions to record once the events of this step are delivered.
     advance: Vec<(String, Box<str>, DateTime<Utc>)>,
+    /// Streams given their first position just before this subscription:
+    /// nothing was missed on them, so no gap and no catch-up.
+    anchored: HashSet<String>,
 }
 
 /// What one open connection keeps.
@@ -232,7 +235,8 @@ impl MastodonProtocol {
                 catching_up: None,
                 recovered: None,
             };
-            if after_connect {
+            let anchored = self.anchored.remove(&key);
+            if after_connect && !anchored {
                 let opened = self.open_gaps.remove(&key);
                 let position = self.spec.positions.position(&key);
                 let gap = match (opened, &position) {
@@ -241,21 +245,12 @@ impl MastodonProtocol {
                     (None, None) => None,
                 };
                 if let Some((reason, from)) = gap {
-                    match (position, slot.stream.catch_up_source(), &self.spec.catch_up) {
-                        (Some(p), Some(source), Some(limits)) => {
-                            let request = CatchUpRequest {
-                                base_url: self.spec.rest_url.clone(),
-                                path: source.path,
-                                params: source.params,
-                                min_id: p.last_id.clone(),
-                                token: self.spec.token.expose().to_owned(),
-                                page_limit: source.page_limit,
-                                max_items: limits.max_items,
-                                timeout: limits.timeout,
-                                max_rate_wait: limits.max_rate_wait,
-                                retry_wait: limits.retry_wait,
-                            };
+                    let request =
+                        position.as_ref().and_then(|p| self.catch_up_request(&slot.stream, p.last_id.clone()));
+                    match (position, request) {
+                        (Some(p), Some(request)) => {
                             tracing::info!(connection = %self.id, stream = %key, since_id = %p.last_id, reason, "catching up over REST");
+                            let Some(session) = self.session.as_mut() else { return };
                             let client = session.client.clone();
                             let (generation, k) = (slot.generation, key.clone());
                             session.queued.push_back(
@@ -276,10 +271,10 @@ impl MastodonProtocol {
                                 newest_live: None,
                             });
                         }
-                        (position, source, limits) => {
-                            let why = if limits.is_none() {
+                        (position, _) => {
+                            let why = if self.spec.catch_up.is_none() {
                                 "catch_up is off"
-                            } else if source.is_none() {
+                            } else if slot.stream.catch_up_source().is_none() {
                                 "this stream has no catch-up timeline"
                             } else {
                                 "nothing was delivered on this stream before the gap"
@@ -300,6 +295,8 @@ impl MastodonProtocol {
                         }
                     }
                 }
+            } else if anchored {
+                self.open_gaps.remove(&key);
             }
             if let Some(session) = self.session.as_mut() {
                 session.slots.insert(key, slot);
@@ -462,6 +459,68 @@ impl MastodonProtocol {
         }
     }
 
+    /// The REST request that catches `stream` up from `min_id`; `None` when
+    /// catch-up is off or the stream has no timeline.
+    fn catch_up_request(&self, stream: &MastodonStream, min_id: String) -> Option<CatchUpRequest> {
+        let (source, limits) = (stream.catch_up_source()?, self.spec.catch_up.as_ref()?);
+        Some(CatchUpRequest {
+            base_url: self.spec.rest_url.clone(),
+            path: source.path,
+            params: source.params,
+            min_id,
+            token: self.spec.token.expose().to_owned(),
+            page_limit: source.page_limit,
+            max_items: limits.max_items,
+            timeout: limits.timeout,
+            max_rate_wait: limits.max_rate_wait,
+            retry_wait: limits.retry_wait,
+        })
+    }
+
+    /// Gives each of `streams` that has no position yet a first one before it
+    /// is subscribed, and saves it at once: the newest id of its id space
+    /// (statuses: the public timeline; notifications: their own list; "0"
+    /// when empty). Every event the subscription then brings is newer, so a
+    /// crash before the first of them is written still leaves catch-up a
+    /// point to start from. One call per id space, whatever the number of
+    /// streams; when catch-up is off or the call fails, the stream starts
+    /// without one (logged).
+    async fn anchor(&mut self, client: &awc::Client, streams: &[MastodonStream]) {
+        let mut newest: HashMap<bool, Option<Box<str>>> = HashMap::new();
+        let mut recorded = false;
+        for stream in streams {
+            let key = stream.key();
+            if self.spec.positions.position(&key).is_some() || stream.catch_up_source().is_none() {
+                continue;
+            }
+            let space = stream.tracks_notifications();
+            if !newest.contains_key(&space) {
+                let probe = if space { stream.clone() } else { MastodonStream::public() };
+                let found = match self.catch_up_request(&probe, String::new()) {
+                    Some(req) => match newest_id(client, &req).await {
+                        Ok(id) => Some(id.unwrap_or_else(|| "0".into())),
+                        Err(e) => {
+                            tracing::warn!(connection = %self.id, stream = %key, error = %e, "cannot learn where the stream starts; until its first event is written, a crash can lose what is queued in memory");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                newest.insert(space, found);
+            }
+            if let Some(Some(id)) = newest.get(&space) {
+                self.spec.positions.advance(&key, id, Utc::now());
+                self.anchored.insert(key);
+                recorded = true;
+            }
+        }
+        if recorded {
+            if let Err(e) = self.spec.positions.flush() {
+                tracing::error!(connection = %self.id, error = %e, "cannot write stream positions to state_dir");
+            }
+        }
+    }
+
     /// Brings the WebSocket's subscriptions to the wanted set: subscribes
     /// what is new (after a reconnect: everything, then catches up),
     /// unsubscribes what was dropped. Only this connection is touched.
@@ -482,6 +541,9 @@ impl MastodonProtocol {
                 session.subscribed.remove(&stream.key());
             }
             self.unsubscribed(&stream.key(), conn);
+        }
+        if let Some(client) = self.session.as_ref().map(|s| s.client.clone()) {
+            self.anchor(&client, &add).await;
         }
         for stream in &add {
             link.send_text(stream.subscribe_message()).await?;
@@ -516,12 +578,19 @@ impl Protocol for MastodonProtocol {
             open_gaps: HashMap::new(),
             session: None,
             advance: Vec::new(),
+            anchored: HashSet::new(),
         }
     }
 
     async fn open(&mut self, conn: &mut Conn<Self>) -> Result<Link, StreamError> {
         let client = http::client(self.stall_timeout);
         let token = self.spec.token.clone();
+        // Before connecting, so that a subscription follows the connect at once.
+        let first: Vec<MastodonStream> = match self.spec.transport {
+            Transport::Sse => self.wanted.values().take(1).cloned().collect(),
+            Transport::WebSocket => self.wanted.values().cloned().collect(),
+        };
+        self.anchor(&client, &first).await;
         let link = match self.spec.transport {
             Transport::Sse => {
                 let Some(stream) = self.wanted.values().next() else {

@@ -40,6 +40,11 @@ const FIXED: [&str; 11] = [
 ];
 
 impl MastodonStream {
+    /// The `public` stream (whose timeline holds the newest public statuses).
+    pub fn public() -> MastodonStream {
+        MastodonStream { name: "public".to_owned(), param: None }
+    }
+
     /// Parses a config stream name; `None` when it is not one of B.3's.
     pub fn parse(s: &str) -> Option<MastodonStream> {
         if FIXED.contains(&s) {
