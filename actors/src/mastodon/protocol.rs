@@ -494,7 +494,7 @@ impl MastodonProtocol {
                 continue;
             }
             let space = stream.tracks_notifications();
-            if !newest.contains_key(&space) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = newest.entry(space) {
                 let probe = if space { stream.clone() } else { MastodonStream::public() };
                 let found = match self.catch_up_request(&probe, String::new()) {
                     Some(req) => match newest_id(client, &req).await {
@@ -506,7 +506,7 @@ impl MastodonProtocol {
                     },
                     None => None,
                 };
-                newest.insert(space, found);
+                slot.insert(found);
             }
             if let Some(Some(id)) = newest.get(&space) {
                 self.spec.positions.advance(&key, id, Utc::now());
