@@ -122,7 +122,6 @@ fn limited(n: u64) -> Scenario {
     Scenario {
         attempts: vec![AttemptScript { limit: Some(n), ..Default::default() }],
         then: AttemptScript { silence_after: Some(0), silence_ms: 600_000, ..Default::default() },
-        ..Default::default()
     }
 }
 
