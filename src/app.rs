@@ -30,6 +30,8 @@ pub struct Running {
     pub stats: StatsRegistry,
     /// The control API, when `[control]` is configured.
     pub control: Option<crate::control::ControlServer>,
+    /// The sinks, for their health.
+    pub sinks: Vec<SinkHandle>,
 }
 
 /// TLS for awc: rustls with the ring provider, installed once per process.
@@ -82,11 +84,12 @@ async fn start_with(config: &Config, registries: &Registries, stop_system: bool)
     let (file, hook_registries) = (config.file.clone(), registries.clone());
     let reload: ReloadHook =
         Arc::new(move || crate::config::reload_sources(&file, &hook_registries).map_err(|e| e.to_string()));
-    let supervisor = StreamSupervisor::new(config.sources.clone(), sinks, metrics.clone(), stats.clone(), interval)
-        .state_dir(config.service.state_dir.clone())
-        .reload_hook(reload)
-        .stop_system(stop_system)
-        .start();
+    let supervisor =
+        StreamSupervisor::new(config.sources.clone(), sinks.clone(), metrics.clone(), stats.clone(), interval)
+            .state_dir(config.service.state_dir.clone())
+            .reload_hook(reload)
+            .stop_system(stop_system)
+            .start();
     let control = match &config.control {
         None => None,
         Some(c) => {
@@ -97,6 +100,7 @@ async fn start_with(config: &Config, registries: &Registries, stop_system: bool)
                 metrics: metrics.clone(),
                 stats: stats.clone(),
                 token,
+                sinks: sinks.clone(),
             };
             let server = crate::control::start(listen, ctx)
                 .await
@@ -104,7 +108,7 @@ async fn start_with(config: &Config, registries: &Registries, stop_system: bool)
             Some(server)
         }
     };
-    Ok(Running { supervisor, simulator, metrics, stats, control })
+    Ok(Running { supervisor, simulator, metrics, stats, control, sinks })
 }
 
 /// Sends [`Shutdown`] with exit code 0 on SIGINT or SIGTERM; a second signal (a second or more later)

@@ -121,6 +121,7 @@ impl Harness {
             metrics: running.metrics.clone(),
             stats: running.stats.clone(),
             token: token.map(str::to_owned),
+            sinks: running.sinks.clone(),
         };
         let control = control::start("127.0.0.1:0".parse().unwrap(), ctx).await.expect("control API starts");
         let api = Api::new(control.addr, token);

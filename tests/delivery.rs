@@ -416,3 +416,45 @@ async fn a_torn_spill_tail_is_cut_with_an_error_line_and_a_gap_event() {
         resumed - first.len()
     );
 }
+
+#[actix_rt::test]
+async fn a_full_spill_holds_the_stream_back_and_degrades_health() {
+    let sim = start_sim(limited(5_000), 0, 1000).await;
+    let port = free_port();
+    let cfg = Conf::new()
+        .table(&format!("[control]\nlisten = \"127.0.0.1:{port}\""))
+        .twitter("filter", "twitter.filter", &sim, "track = [\"spill\"]")
+        .sink("name = \"archive\"\nkind = \"file\"\npath = \"{dir}/hold.fifo\"\nfsync = \"never\"\nbuffer = 16\nspill_max_bytes = 1000000")
+        .write();
+    let fifo = Fifo::create(cfg.dir.path().join("hold.fifo"));
+    let running = start_service(&cfg).await;
+    let client = awc::Client::builder().timeout(Duration::from_secs(5)).finish();
+    let health = || async {
+        let mut resp = client.get(format!("http://127.0.0.1:{port}/health")).send().await.ok()?;
+        let body: serde_json::Value = resp.json().await.ok()?;
+        Some((resp.status().as_u16(), body))
+    };
+    let start = std::time::Instant::now();
+    let degraded = loop {
+        if let Some((503, body)) = health().await {
+            if body["reasons"].to_string().contains("spill is full") {
+                break body;
+            }
+        }
+        assert!(start.elapsed() < T, "/health never reported the full spill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(degraded["status"], "degraded", "{degraded}");
+    // At the limit the stream waits: far fewer than 5,000 were read.
+    assert!(read_total(&running) < 5_000, "read {} with a full spill", read_total(&running));
+    let (out, reader) = fifo.drain();
+    wait_for(T, "everything written once the sink is free", || lines(&out) >= 5_000).await;
+    let start = std::time::Instant::now();
+    while health().await.map(|(s, _)| s) != Some(200) {
+        assert!(start.elapsed() < T, "/health did not recover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_service(&running).await;
+    reader.join().unwrap();
+    assert_eq!(payloads(&parse_envelopes(&text(&out))), sent_on(&sim, 0), "nothing lost, in order");
+}

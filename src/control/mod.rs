@@ -17,6 +17,7 @@ use actix_web::{web, App, HttpServer};
 use prometheus_client::registry::Registry;
 use streamherd_actors::connection::stats::StatsRegistry;
 use streamherd_actors::metrics::Metrics;
+use streamherd_actors::sinks::runtime::SinkHandle;
 use streamherd_actors::supervisor::StreamSupervisor;
 use subtle::ConstantTimeEq;
 
@@ -43,6 +44,9 @@ pub struct ControlContext {
     pub stats: StatsRegistry,
     /// The resolved bearer token; `None` leaves every route open.
     pub token: Option<String>,
+    /// The sinks: one whose spill is full holds its streams back, which
+    /// `/health` reports.
+    pub sinks: Vec<SinkHandle>,
 }
 
 /// A running control API.
@@ -85,6 +89,7 @@ pub async fn start(listen: SocketAddr, ctx: ControlContext) -> std::io::Result<C
         metrics: ctx.metrics,
         registry,
         token: ctx.token,
+        sinks: ctx.sinks,
     });
 
     let listener = std::net::TcpListener::bind(listen)?;

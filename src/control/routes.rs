@@ -94,8 +94,14 @@ pub(crate) enum Status {
 }
 
 /// Judges the sources' health; `states` names each unhealthy connection's
-/// state and last error. Pure, so the rules are tested without a service.
-pub(crate) fn assess(sources: &[SourceHealth], states: &[ConnectionSnapshot]) -> (Status, Vec<String>) {
+/// state and last error; `full_spills` names the sinks whose spill reached
+/// `spill_max_bytes` (they hold their streams back, which degrades). Pure, so
+/// the rules are tested without a service.
+pub(crate) fn assess(
+    sources: &[SourceHealth],
+    states: &[ConnectionSnapshot],
+    full_spills: &[&str],
+) -> (Status, Vec<String>) {
     let by_id: HashMap<&str, &ConnectionSnapshot> = states.iter().map(|s| (s.id.as_str(), s)).collect();
     let mut reasons = Vec::new();
     let (mut live, mut failed) = (0, 0);
@@ -115,6 +121,9 @@ pub(crate) fn assess(sources: &[SourceHealth], states: &[ConnectionSnapshot]) ->
             }
         }
     }
+    for sink in full_spills {
+        reasons.push(format!("sink {sink}: its spill is full (spill_max_bytes); its streams wait for it"));
+    }
     let status = if failed > 0 && live == 0 {
         Status::Failed
     } else if reasons.is_empty() {
@@ -128,7 +137,8 @@ pub(crate) fn assess(sources: &[SourceHealth], states: &[ConnectionSnapshot]) ->
 /// `GET /health`: 200 when all is well, else 503 with the reasons.
 async fn health(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     let sources = state.supervisor.send(GetHealth).timeout(ASK_TIMEOUT).await?;
-    let (status, reasons) = assess(&sources, &state.stats.snapshots());
+    let full: Vec<&str> = state.sinks.iter().filter(|s| s.spill_full()).map(|s| s.name()).collect();
+    let (status, reasons) = assess(&sources, &state.stats.snapshots(), &full);
     let code = if status == Status::Ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok(HttpResponse::build(code).json(serde_json::json!({ "status": status, "sources": sources, "reasons": reasons })))
 }
@@ -354,23 +364,30 @@ mod tests {
 
     #[test]
     fn health_is_ok_degraded_or_failed() {
-        assert_eq!(assess(&[], &[]), (Status::Ok, vec![]));
-        assert_eq!(assess(&[source(&["s/0"], &[], &[])], &[]).0, Status::Ok);
+        assert_eq!(assess(&[], &[], &[]), (Status::Ok, vec![]));
+        assert_eq!(assess(&[source(&["s/0"], &[], &[])], &[], &[]).0, Status::Ok);
 
         let snaps = [snap("s/1", ConnectionState::BackingOff, Some("HTTP 503"))];
-        let (status, reasons) = assess(&[source(&["s/0"], &["s/1"], &[])], &snaps);
+        let (status, reasons) = assess(&[source(&["s/0"], &["s/1"], &[])], &snaps, &[]);
         assert_eq!(status, Status::Degraded);
         assert_eq!(reasons, vec!["s/1 is backing_off: HTTP 503".to_owned()]);
 
-        let (status, reasons) = assess(&[source(&["s/0"], &[], &[("s/1", "HTTP 401")])], &[]);
+        let (status, reasons) = assess(&[source(&["s/0"], &[], &[("s/1", "HTTP 401")])], &[], &[]);
         assert_eq!(status, Status::Degraded);
         assert_eq!(reasons, vec!["s/1 failed: HTTP 401".to_owned()]);
 
         let all_failed = [source(&[], &[], &[("a/0", "HTTP 401")]), source(&[], &[], &[("b/0", "")])];
-        let (status, reasons) = assess(&all_failed, &[]);
+        let (status, reasons) = assess(&all_failed, &[], &[]);
         assert_eq!(status, Status::Failed);
         assert_eq!(reasons.len(), 2);
         assert_eq!(reasons[1], "b/0 failed: no reason recorded");
+
+        let (status, reasons) = assess(&[source(&["s/0"], &[], &[])], &[], &["archive"]);
+        assert_eq!(status, Status::Degraded, "a full spill holds its streams back");
+        assert_eq!(
+            reasons,
+            vec!["sink archive: its spill is full (spill_max_bytes); its streams wait for it".to_owned()]
+        );
     }
 
     fn body(json: &str) -> Result<ChangeFollows, String> {

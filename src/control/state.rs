@@ -5,6 +5,7 @@ use actix::Addr;
 use prometheus_client::registry::Registry;
 use streamherd_actors::connection::stats::StatsRegistry;
 use streamherd_actors::metrics::Metrics;
+use streamherd_actors::sinks::runtime::SinkHandle;
 use streamherd_actors::supervisor::StreamSupervisor;
 
 /// Shared by every worker: built once in `control::start`.
@@ -15,4 +16,5 @@ pub(crate) struct State {
     /// Built once: registering per request would re-describe every family.
     pub(crate) registry: Registry,
     pub(crate) token: Option<String>,
+    pub(crate) sinks: Vec<SinkHandle>,
 }
