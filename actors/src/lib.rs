@@ -23,6 +23,7 @@ pub mod messages;
 pub mod metrics;
 pub mod persist;
 pub mod planner;
+pub mod scan;
 pub mod settings;
 pub mod sinks;
 pub mod source;

@@ -1,15 +1,13 @@
-//! Classifies a Twitter v1.1 stream message by its top-level keys without
-//! building a JSON tree: values we do not need are skipped (and validated) by
-//! serde's `IgnoredAny`, the few we need are borrowed as raw slices.
+//! Classifies a Twitter v1.1 stream message by its top-level keys in one pass
+//! of [`crate::scan`], without building a JSON tree or decoding what it skips;
+//! the few values it needs are borrowed as raw slices. A message that is not
+//! valid UTF-8, truncated, unbalanced or not an object is refused.
 
-use std::fmt;
-
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::kinds;
 use crate::event::EventKind;
+use crate::scan::{self, ScanError};
 
 /// What classification learnt about one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,126 +37,80 @@ pub enum ClassifyError {
     NotObject,
 }
 
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
-enum Key {
-    Text,
-    FullText,
-    IdStr,
-    Id,
-    Sender,
-    DirectMessage,
-    Delete,
-    Limit,
-    Warning,
-    ScrubGeo,
-    Friends,
-    FriendsStr,
-    Event,
-    Disconnect,
-    StatusWithheld,
-    UserWithheld,
-    Control,
-    ForUser,
-    Message,
-    #[serde(other)]
-    Other,
-}
-
 /// The top-level keys that matter, borrowed from the input.
 #[derive(Default)]
 struct TopLevel<'a> {
     text: bool,
     sender: bool,
     friends: bool,
-    id_str: Option<&'a RawValue>,
-    id: Option<&'a RawValue>,
-    direct_message: Option<&'a RawValue>,
-    delete: Option<&'a RawValue>,
-    limit: Option<&'a RawValue>,
+    id_str: Option<&'a str>,
+    id: Option<&'a str>,
+    direct_message: Option<&'a str>,
+    delete: Option<&'a str>,
+    limit: Option<&'a str>,
     warning: bool,
     scrub_geo: bool,
     event: bool,
-    disconnect: Option<&'a RawValue>,
-    status_withheld: Option<&'a RawValue>,
-    user_withheld: Option<&'a RawValue>,
-    control: Option<&'a RawValue>,
-    for_user: Option<&'a RawValue>,
-    message: Option<&'a RawValue>,
+    disconnect: Option<&'a str>,
+    status_withheld: Option<&'a str>,
+    user_withheld: Option<&'a str>,
+    control: Option<&'a str>,
+    for_user: Option<&'a str>,
+    message: Option<&'a str>,
 }
 
-impl<'de> Deserialize<'de> for TopLevel<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TopLevel<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut t = TopLevel::default();
-                while let Some(key) = map.next_key::<Key>()? {
-                    let slot = match key {
-                        Key::Text | Key::FullText => {
-                            t.text = true;
-                            None
-                        }
-                        Key::Sender => {
-                            t.sender = true;
-                            None
-                        }
-                        Key::Friends | Key::FriendsStr => {
-                            t.friends = true;
-                            None
-                        }
-                        Key::Warning => {
-                            t.warning = true;
-                            None
-                        }
-                        Key::ScrubGeo => {
-                            t.scrub_geo = true;
-                            None
-                        }
-                        Key::Event => {
-                            t.event = true;
-                            None
-                        }
-                        Key::IdStr => Some(&mut t.id_str),
-                        Key::Id => Some(&mut t.id),
-                        Key::DirectMessage => Some(&mut t.direct_message),
-                        Key::Delete => Some(&mut t.delete),
-                        Key::Limit => Some(&mut t.limit),
-                        Key::Disconnect => Some(&mut t.disconnect),
-                        Key::StatusWithheld => Some(&mut t.status_withheld),
-                        Key::UserWithheld => Some(&mut t.user_withheld),
-                        Key::Control => Some(&mut t.control),
-                        Key::ForUser => Some(&mut t.for_user),
-                        Key::Message => Some(&mut t.message),
-                        Key::Other => None,
-                    };
-                    match slot {
-                        Some(slot) => *slot = Some(map.next_value::<&'de RawValue>()?),
-                        None => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(t)
-            }
-        }
-        d.deserialize_map(V)
+impl<'a> TopLevel<'a> {
+    /// One pass over the top level; the values that matter are borrowed.
+    fn scan(text: &'a str) -> Result<Self, ClassifyError> {
+        let mut t = TopLevel::default();
+        scan::members(text, |key, value| match &*decoded_key(key) {
+            "text" | "full_text" => t.text = true,
+            "sender" => t.sender = true,
+            "friends" | "friends_str" => t.friends = true,
+            "warning" => t.warning = true,
+            "scrub_geo" => t.scrub_geo = true,
+            "event" => t.event = true,
+            "id_str" => t.id_str = Some(value),
+            "id" => t.id = Some(value),
+            "direct_message" => t.direct_message = Some(value),
+            "delete" => t.delete = Some(value),
+            "limit" => t.limit = Some(value),
+            "disconnect" => t.disconnect = Some(value),
+            "status_withheld" => t.status_withheld = Some(value),
+            "user_withheld" => t.user_withheld = Some(value),
+            "control" => t.control = Some(value),
+            "for_user" => t.for_user = Some(value),
+            "message" => t.message = Some(value),
+            _ => {}
+        })
+        .map_err(|e| match e {
+            ScanError::NotObject => ClassifyError::NotObject,
+            ScanError::NotJson(why) => ClassifyError::NotJson(why.to_owned()),
+        })?;
+        Ok(t)
     }
+}
+
+/// A key as text: borrowed unless it has escapes (rare), which are decoded so
+/// that `"\u0074ext"` is `text`, as any JSON reader sees it.
+fn decoded_key(raw: &str) -> std::borrow::Cow<'_, str> {
+    if !raw.contains('\\') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let quoted = format!("\"{raw}\"");
+    serde_json::from_str::<String>(&quoted).map_or(std::borrow::Cow::Borrowed(raw), std::borrow::Cow::Owned)
 }
 
 /// Classifies one Twitter message (a site-stream envelope is unwrapped).
 pub fn classify_twitter(payload: &[u8]) -> Result<Classified, ClassifyError> {
-    let top: TopLevel<'_> = match serde_json::from_slice(payload) {
-        Ok(t) => t,
-        Err(e) if e.classify() == serde_json::error::Category::Data => return Err(ClassifyError::NotObject),
-        Err(e) => return Err(ClassifyError::NotJson(e.to_string())),
-    };
+    let text = std::str::from_utf8(payload).map_err(|_| ClassifyError::NotJson("invalid UTF-8".to_owned()))?;
+    classify_text(text)
+}
+
+fn classify_text(text: &str) -> Result<Classified, ClassifyError> {
+    let top = TopLevel::scan(text)?;
     if let (Some(for_user), Some(message)) = (top.for_user, top.message) {
-        let mut inner = classify_twitter(message.get().as_bytes())?;
+        let mut inner = classify_text(message)?;
         inner.for_user = parse_u64(for_user);
         return Ok(inner);
     }
@@ -190,7 +142,7 @@ fn classify_top(t: &TopLevel<'_>) -> Classified {
         c.id = deleted_id(del);
     } else if let Some(limit) = t.limit {
         c.kind = kinds::LIMIT;
-        c.limit_track = serde_json::from_str::<LimitBody>(limit.get()).ok().and_then(|l| l.track);
+        c.limit_track = serde_json::from_str::<LimitBody>(limit).ok().and_then(|l| l.track);
     } else if t.warning {
         c.kind = kinds::WARNING;
     } else if t.scrub_geo {
@@ -201,7 +153,7 @@ fn classify_top(t: &TopLevel<'_>) -> Classified {
         c.kind = kinds::EVENT;
     } else if let Some(d) = t.disconnect {
         c.kind = kinds::DISCONNECT;
-        c.disconnect_code = serde_json::from_str::<DisconnectBody>(d.get()).ok().and_then(|d| d.code);
+        c.disconnect_code = serde_json::from_str::<DisconnectBody>(d).ok().and_then(|d| d.code);
     } else if let Some(w) = t.status_withheld {
         c.kind = kinds::STATUS_WITHHELD;
         c.id = nested_id(w);
@@ -210,7 +162,7 @@ fn classify_top(t: &TopLevel<'_>) -> Classified {
         c.id = nested_id(w);
     } else if let Some(ctl) = t.control {
         c.kind = kinds::CONTROL;
-        c.control_uri = serde_json::from_str::<ControlBody>(ctl.get()).ok().and_then(|c| c.control_uri);
+        c.control_uri = serde_json::from_str::<ControlBody>(ctl).ok().and_then(|c| c.control_uri);
     }
     c
 }
@@ -230,41 +182,40 @@ struct ControlBody {
     control_uri: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct IdFields<'a> {
-    #[serde(borrow)]
-    id_str: Option<&'a RawValue>,
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct DeleteBody<'a> {
-    #[serde(borrow)]
-    status: Option<&'a RawValue>,
-    #[serde(borrow)]
-    direct_message: Option<&'a RawValue>,
-}
-
 /// `id_str` when present, else `id`, as a string.
-fn own_id(id_str: Option<&RawValue>, id: Option<&RawValue>) -> Option<Box<str>> {
+fn own_id(id_str: Option<&str>, id: Option<&str>) -> Option<Box<str>> {
     id_str.and_then(raw_id).or_else(|| id.and_then(raw_id))
 }
 
-fn nested_id(obj: &RawValue) -> Option<Box<str>> {
-    let f: IdFields<'_> = serde_json::from_str(obj.get()).ok()?;
-    own_id(f.id_str, f.id)
+/// The `id_str` (else `id`) of the object `obj`.
+fn nested_id(obj: &str) -> Option<Box<str>> {
+    let (mut id_str, mut id) = (None, None);
+    scan::members(obj, |k, v| match k {
+        "id_str" => id_str = Some(v),
+        "id" => id = Some(v),
+        _ => {}
+    })
+    .ok()?;
+    own_id(id_str, id)
 }
 
-fn deleted_id(obj: &RawValue) -> Option<Box<str>> {
-    let d: DeleteBody<'_> = serde_json::from_str(obj.get()).ok()?;
-    d.status.or(d.direct_message).and_then(nested_id)
+/// The id of the status (else DM) a `delete` notice names.
+fn deleted_id(obj: &str) -> Option<Box<str>> {
+    let (mut status, mut dm) = (None, None);
+    scan::members(obj, |k, v| match k {
+        "status" => status = Some(v),
+        "direct_message" => dm = Some(v),
+        _ => {}
+    })
+    .ok()?;
+    status.or(dm).and_then(nested_id)
 }
 
 /// A JSON string or number holding an id, as a string; null and others give None.
-fn raw_id(v: &RawValue) -> Option<Box<str>> {
-    let s = v.get();
-    if s.starts_with('"') {
+fn raw_id(s: &str) -> Option<Box<str>> {
+    if let Some(plain) = scan::plain_string(s) {
+        Some(plain.into())
+    } else if s.starts_with('"') {
         serde_json::from_str::<String>(s).ok().map(String::into_boxed_str)
     } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         Some(s.into())
@@ -273,7 +224,7 @@ fn raw_id(v: &RawValue) -> Option<Box<str>> {
     }
 }
 
-fn parse_u64(v: &RawValue) -> Option<u64> {
+fn parse_u64(v: &str) -> Option<u64> {
     raw_id(v).and_then(|s| s.parse().ok())
 }
 
