@@ -1,105 +1,210 @@
-//! End-to-end throughput: simulator -> StreamActor (framing, classification)
-//! -> file sink, next to a plain read of the same byte stream over loopback
-//! with the same HTTP client, in the same run. Prints events/s, MB/s and the
-//! ratio to the baseline. `cargo bench --bench end_to_end`.
+//! End-to-end throughput across processes: `streamherd simulate` serves the
+//! streams in its own process; the baseline is curl, another process, reading
+//! the same stream to /dev/null; streamherd runs as its own process into a
+//! file sink. Prints msgs/s of each, the ratio, streamherd's CPU per message
+//! (from /proc) and, under strace when installed, its write(2) and read calls
+//! per 1,000 messages. `cargo bench --bench end_to_end`.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use streamherd_actors::metrics::Metrics;
-use streamherd_actors::twitter::request::{sign, twitter_request, OAuthCredentials, TwitterEndpoint, TwitterQuery};
+use streamherd_actors::twitter::request::{
+    sign, twitter_request, Method, OAuthCredentials, TwitterEndpoint, TwitterQuery,
+};
+use streamherd_sim::{SimCredentials, DEMO_MASTODON_TOKEN};
 
-use streamherd_actors::supervisor::Shutdown;
-use streamherd_sim::{self as simulator, AttemptScript, Scenario, SimCredentials, SimHandle, SimulatorConfig};
-
-const MESSAGES: u64 = 100_000;
+const BIN: &str = env!("CARGO_BIN_EXE_streamherd");
+const TWEETS: u64 = 200_000;
+const STATUSES: u64 = 50_000;
+/// Statuses per second the Mastodon simulator generates (its streams follow
+/// the generator, so this caps both readers).
+const MASTODON_RATE: u32 = 100_000;
 const ROUNDS: usize = 3;
+const PATIENCE: Duration = Duration::from_secs(300);
 
-fn scenario() -> Scenario {
-    // Each attempt streams MESSAGES then ends; nothing after that.
-    Scenario::always(AttemptScript { limit: Some(MESSAGES), ..Default::default() })
-}
+/// A child process killed when dropped.
+struct Proc(std::process::Child);
 
-async fn sim() -> SimHandle {
-    simulator::start(SimulatorConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        rate: 0,
-        keepalive_ms: 30_000,
-        credentials: vec![SimCredentials::demo()],
-        scenario: scenario(),
-        record_sent: 0,
-        ..SimulatorConfig::default()
-    })
-    .await
-    .unwrap()
-}
-
-fn demo() -> OAuthCredentials {
-    let d = SimCredentials::demo();
-    OAuthCredentials {
-        consumer_key: d.consumer_key,
-        consumer_secret: d.consumer_secret,
-        token: d.token,
-        token_secret: d.token_secret,
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
-/// Baseline: read the whole body, count bytes, do nothing else.
-async fn raw_read(sim: &SimHandle) -> (Duration, u64) {
-    let req = twitter_request(TwitterEndpoint::Sample, &sim.base_url(), &TwitterQuery::default());
-    let signed = sign(&req, &demo());
-    let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `streamherd simulate` on its own port, every connection streaming `limit`
+/// messages then ending.
+fn simulator(dir: &Path, rate: u32, limit: u64) -> (Proc, String) {
+    let port = free_port();
+    let scenario = dir.join(format!("scenario-{port}.toml"));
+    std::fs::write(&scenario, format!("[then]\nlimit = {limit}\n")).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(BIN)
+        .args(["simulate", "--listen", &addr, "--rate", &rate.to_string(), "--scenario"])
+        .arg(&scenario)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the simulator starts");
     let start = Instant::now();
-    let mut res =
-        client.get(&signed.url).insert_header(("Authorization", signed.authorization.as_str())).send().await.unwrap();
-    let mut bytes = 0u64;
-    while let Some(chunk) = res.next().await {
-        bytes += chunk.map(|c| c.len() as u64).unwrap_or(0);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the simulator did not listen");
+        std::thread::sleep(Duration::from_millis(10));
     }
-    (start.elapsed(), bytes)
+    (Proc(child), format!("http://{addr}"))
 }
 
-/// The service: a sample source into a file sink; time until every event is written.
-async fn service(sim: &SimHandle) -> Duration {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
+/// CPU seconds (user + system) used so far by `pid`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime are fields 14 and 15; after the ')' they are 12 and 13 (0-based 11, 12).
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// The baseline: curl reads the stream to /dev/null; returns its wall time.
+fn curl(url: &str, headers: &[String], form: Option<&str>) -> Option<Duration> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-N", "-o", "/dev/null", "--max-time", "300"]);
+    for h in headers {
+        cmd.arg("-H").arg(h);
+    }
+    if let Some(body) = form {
+        cmd.arg("--data").arg(body);
+    }
+    cmd.arg(url);
+    let start = Instant::now();
+    let status = cmd.status().ok()?;
+    // The simulator ends a limited stream by closing the connection: for a
+    // chunked (Twitter) body that is a clean end, for an SSE body without a
+    // length curl reports a partial transfer (18). Both read the whole stream.
+    matches!(status.code(), Some(0) | Some(18)).then(|| start.elapsed())
+}
+
+/// The sum of the series of `family` (OpenMetrics text from /metrics).
+fn metric(port: u16, family: &str) -> f64 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return 0.0 };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").is_err() {
+        return 0.0;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+struct Run {
+    wall: Duration,
+    cpu_s: f64,
+    /// `strace -c` output, when traced.
+    trace: Option<String>,
+}
+
+/// streamherd as its own process with `source` (a `[[sources]]` body) into a
+/// file sink; timed from its start until the sink wrote `expect` events.
+fn streamherd(dir: &Path, source: &str, expect: u64, traced: bool) -> Run {
+    let port = free_port();
+    let out = tempfile::tempdir_in(dir).unwrap();
+    let config = out.path().join("config.toml");
     std::fs::write(
-        &path,
+        &config,
         format!(
             r#"
 [service]
 stats_interval_s = 0
+log_level = "warn"
+state_dir = "{dir}/state"
+[control]
+listen = "127.0.0.1:{port}"
 [backoff]
 http_initial_ms = 60000
 network_initial_ms = 60000
 network_max_ms = 60000
 [[sources]]
-name = "bench"
-kind = "twitter.sample"
-base_url = "{}"
-auth = {{ kind = "oauth1", consumer_key = "demo-consumer-key", consumer_secret = "demo-consumer-secret", token = "demo-token", token_secret = "demo-token-secret" }}
+{source}
 [[sinks]]
 name = "archive"
 kind = "file"
-path = "{}/data/{{source}}.jsonl"
+path = "{dir}/data/{{source}}.jsonl"
 fsync = "never"
 "#,
-            sim.base_url(),
-            dir.path().display()
+            dir = out.path().display()
         ),
     )
     .unwrap();
-    let config = streamherd::config::load(&path, &streamherd::Registries::builtin()).unwrap();
+    let trace_file = out.path().join("strace.txt");
+    let mut cmd = if traced {
+        let mut c = Command::new("strace");
+        c.args(["-f", "-c", "-e", "trace=write,writev,read,recvfrom,readv", "-o"]).arg(&trace_file).arg(BIN);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    cmd.arg("--config").arg(&config).env_remove("RUST_LOG").stdout(Stdio::null()).stderr(Stdio::null());
     let start = Instant::now();
-    let running = streamherd::app::start_embedded(&config, &streamherd::Registries::builtin()).await.unwrap();
-    let written = running.metrics.sink_events_total.get_or_create(&Metrics::sink("archive"));
-    while written.get() < MESSAGES {
-        assert!(start.elapsed() < Duration::from_secs(300), "bench did not finish");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    let mut child = Proc(cmd.spawn().expect("streamherd starts"));
+    let pid = child.0.id();
+    let mut said = Instant::now();
+    loop {
+        let written = metric(port, "streamherd_sink_events_total");
+        if written >= expect as f64 {
+            break;
+        }
+        if said.elapsed() > Duration::from_secs(10) {
+            eprintln!("  ... {written} of {expect} written after {:?}", start.elapsed());
+            said = Instant::now();
+        }
+        assert!(start.elapsed() < PATIENCE, "streamherd did not write {expect} events");
+        assert!(child.0.try_wait().unwrap().is_none(), "streamherd exited");
+        std::thread::sleep(Duration::from_millis(5));
     }
-    let elapsed = start.elapsed();
-    running.supervisor.send(Shutdown { exit_code: 0 }).await.unwrap();
-    elapsed
+    let wall = start.elapsed();
+    // Under strace the pid is strace's; streamherd is its child.
+    let cpu_s = if traced { 0.0 } else { cpu_seconds(pid) };
+    // Under strace, streamherd is strace's child: stopping it ends strace too.
+    let target = if traced { children(pid).first().copied().unwrap_or(pid) } else { pid };
+    // SAFETY: kill(2) on our own child (or its child).
+    unsafe {
+        libc::kill(target as i32, libc::SIGTERM);
+    }
+    let _ = child.0.wait();
+    let trace = traced.then(|| std::fs::read_to_string(&trace_file).unwrap_or_default());
+    Run { wall, cpu_s, trace }
+}
+
+/// The child processes of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// `calls` of `syscall` in an `strace -c` summary.
+fn calls(trace: &str, syscall: &str) -> u64 {
+    trace
+        .lines()
+        .filter(|l| l.split_whitespace().last() == Some(syscall))
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            // % time, seconds, usecs/call, calls, [errors], syscall
+            cols.get(3)?.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -107,38 +212,113 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn has(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+fn twitter(dir: &Path) {
+    let (_sim, base) = simulator(dir, 0, TWEETS);
+    let d = SimCredentials::demo();
+    let creds = OAuthCredentials {
+        consumer_key: d.consumer_key.clone(),
+        consumer_secret: d.consumer_secret.clone(),
+        token: d.token.clone(),
+        token_secret: d.token_secret.clone(),
+    };
+    let query = TwitterQuery { track: vec!["bench".into()], ..TwitterQuery::default() };
+    let source = format!(
+        "name = \"bench\"\nkind = \"twitter.filter\"\nbase_url = \"{base}\"\ntrack = [\"bench\"]\nauth = {{ kind = \"oauth1\", consumer_key = \"{}\", consumer_secret = \"{}\", token = \"{}\", token_secret = \"{}\" }}",
+        d.consumer_key, d.consumer_secret, d.token, d.token_secret
+    );
+    let (mut base_runs, mut ours, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        // Signed afresh each round: the simulator refuses a replayed nonce.
+        let signed = sign(&twitter_request(TwitterEndpoint::Filter, &base, &query), &creds);
+        assert!(matches!(signed.method, Method::Post));
+        let auth = format!("Authorization: {}", signed.authorization);
+        match curl(&signed.url, &[auth], signed.body.as_deref()) {
+            Some(d) => base_runs.push(d),
+            None => {
+                println!("twitter.filter: curl failed or is not installed; no baseline");
+                return;
+            }
+        }
+        let run = streamherd(dir, &source, TWEETS, false);
+        ours.push(run.wall);
+        cpu.push(run.cpu_s);
+    }
+    let (b, o) = (median(base_runs), median(ours));
+    cpu.sort_by(f64::total_cmp);
+    let cpu_us = cpu[cpu.len() / 2] * 1e6 / TWEETS as f64;
+    println!("twitter.filter, {TWEETS} tweets, median of {ROUNDS} rounds, simulator in its own process:");
+    println!("  baseline curl -> /dev/null        {:>10.0} msgs/s", rate(TWEETS, b));
+    println!("  streamherd -> file (fsync never)  {:>10.0} msgs/s", rate(TWEETS, o));
+    println!("  ratio streamherd / curl            {:>10.2}", b.as_secs_f64() / o.as_secs_f64());
+    println!("  streamherd CPU per message         {cpu_us:>10.2} us (user + system, startup included)");
+    if has("strace") {
+        let run = streamherd(dir, &source, TWEETS, true);
+        let trace = run.trace.unwrap_or_default();
+        let per_k = |n: u64| n as f64 * 1000.0 / TWEETS as f64;
+        let writes = calls(&trace, "write") + calls(&trace, "writev");
+        let reads = calls(&trace, "read") + calls(&trace, "recvfrom") + calls(&trace, "readv");
+        println!(
+            "  under strace: write(2)+writev {writes} ({:.1} per 1,000 msgs), read+recvfrom {reads} ({:.1} per 1,000 msgs)",
+            per_k(writes),
+            per_k(reads)
+        );
+    }
+}
+
+fn mastodon(dir: &Path) {
+    let (_sim, base) = simulator(dir, MASTODON_RATE, STATUSES);
+    let auth = format!("Authorization: Bearer {DEMO_MASTODON_TOKEN}");
+    let source = |transport: &str| {
+        format!(
+            "name = \"fedi\"\nkind = \"mastodon\"\nbase_url = \"{base}\"\ntransport = \"{transport}\"\nstreams = [\"public\"]\nauth = {{ kind = \"bearer\", token = \"{DEMO_MASTODON_TOKEN}\" }}"
+        )
+    };
+    let (mut base_runs, mut sse, mut ws) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        match curl(&format!("{base}/api/v1/streaming/public"), std::slice::from_ref(&auth), None) {
+            Some(d) => base_runs.push(d),
+            None => {
+                println!("mastodon: curl failed or is not installed; no baseline");
+                return;
+            }
+        }
+        sse.push(streamherd(dir, &source("sse"), STATUSES, false).wall);
+        ws.push(streamherd(dir, &source("websocket"), STATUSES, false).wall);
+    }
+    let (b, s, w) = (median(base_runs), median(sse), median(ws));
+    println!("mastodon public, {STATUSES} statuses generated at up to {MASTODON_RATE}/s, median of {ROUNDS} rounds:");
+    println!("  baseline curl SSE -> /dev/null    {:>10.0} msgs/s", rate(STATUSES, b));
+    println!(
+        "  streamherd SSE -> file            {:>10.0} msgs/s  ratio {:.2}",
+        rate(STATUSES, s),
+        b.as_secs_f64() / s.as_secs_f64()
+    );
+    println!(
+        "  streamherd WebSocket -> file      {:>10.0} msgs/s  ratio {:.2} (against the SSE baseline)",
+        rate(STATUSES, w),
+        b.as_secs_f64() / w.as_secs_f64()
+    );
+}
+
 fn main() {
     // `cargo test --benches` runs bench binaries with --test: keep that quick.
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         return;
     }
-    streamherd::app::install_crypto();
-    let system = actix_rt::System::new();
-    system.block_on(async {
-        let sim = sim().await;
-        let mut raw = Vec::new();
-        let mut bytes = 0;
-        let mut ours = Vec::new();
-        for _ in 0..ROUNDS {
-            let (d, b) = raw_read(&sim).await;
-            raw.push(d);
-            bytes = b;
-            ours.push(service(&sim).await);
-        }
-        let (raw, ours) = (median(raw), median(ours));
-        let mb = bytes as f64 / 1e6;
-        let line = |name: &str, d: Duration| {
-            println!(
-                "{name:<34} {:>10.0} events/s {:>8.1} MB/s  ({:.3} s for {MESSAGES} messages, {mb:.1} MB)",
-                MESSAGES as f64 / d.as_secs_f64(),
-                mb / d.as_secs_f64(),
-                d.as_secs_f64()
-            )
-        };
-        println!("end-to-end, median of {ROUNDS} rounds, same stream, same run:");
-        line("baseline: plain loopback read", raw);
-        line("streamherd: simulator -> file sink", ours);
-        println!("ratio streamherd / baseline throughput: {:.2}", raw.as_secs_f64() / ours.as_secs_f64());
-        sim.stop().await;
-    });
+    let dir = tempfile::tempdir().unwrap();
+    let only = std::env::var("STREAMHERD_BENCH").unwrap_or_default();
+    if only.is_empty() || only == "twitter" {
+        twitter(dir.path());
+    }
+    if only.is_empty() || only == "mastodon" {
+        mastodon(dir.path());
+    }
 }
