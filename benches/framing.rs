@@ -47,6 +47,16 @@ fn bench(c: &mut Criterion) {
             n
         })
     });
+    // What the classifier did before the block scanner: serde_json walking
+    // every value of the message without building anything.
+    g.bench_function("baseline_serde_ignored_any", |b| {
+        b.iter(|| {
+            body.split(|&b| b == b'\n')
+                .filter(|l| l.len() > 1)
+                .filter(|l| serde_json::from_slice::<serde::de::IgnoredAny>(&l[..l.len() - 1]).is_ok())
+                .count()
+        })
+    });
     g.bench_function("baseline_serde_value_parse", |b| {
         b.iter(|| {
             body.split(|&b| b == b'\n')

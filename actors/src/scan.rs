@@ -141,37 +141,143 @@ fn literal(b: &[u8], i: usize, word: &[u8]) -> Result<usize, ScanError> {
 
 /// `b[start]` opens an object or array; the index just after its close,
 /// checking that every bracket closes the one it should.
+///
+/// Works on 64-byte blocks as simdjson's first stage does: bit masks of the
+/// quotes, backslashes and brackets of a block, the escaped bytes derived
+/// from the backslash runs, the inside of strings as the prefix XOR of the
+/// unescaped quotes; only the brackets outside strings are then visited one
+/// by one. That is several times faster than a byte loop with a memchr per
+/// string, on messages made of many short strings.
 fn container_end(b: &[u8], start: usize) -> Result<usize, ScanError> {
     let mut closers = [0u8; MAX_DEPTH];
-    let mut depth = 0;
-    let mut i = start;
-    while i < b.len() {
-        match b[i] {
-            b'"' => {
-                i = string_end(b, i)?;
-                continue;
+    let mut depth = 0usize;
+    // Carried between blocks: whether the next block's first byte is escaped
+    // (1 or 0), and whether it starts inside a string (all ones or zero).
+    let mut next_escaped = 0u64;
+    let mut in_string = 0u64;
+    let mut at = start;
+    let mut tail = [b' '; 64];
+    while at < b.len() {
+        let block: &[u8; 64] = match b.get(at..at + 64) {
+            Some(full) => full.try_into().unwrap_or(&tail),
+            None => {
+                // Spaces pad the last block: they are neither quotes nor brackets.
+                tail = [b' '; 64];
+                tail[..b.len() - at].copy_from_slice(&b[at..]);
+                &tail
             }
-            open @ (b'{' | b'[') => {
-                if depth == MAX_DEPTH {
-                    return Err(NotJson("nested too deeply"));
+        };
+        let m = Masks::of(block);
+        let escaped = escaped_bytes(m.backslash, &mut next_escaped);
+        let inside = prefix_xor(m.quote & !escaped) ^ in_string;
+        in_string = ((inside as i64) >> 63) as u64;
+        // Outside strings a backslash is never valid (and the escape masks
+        // would let it hide the quote after it): it is visited with the
+        // brackets, so that one after the container's end is left alone.
+        let mut visit = (m.open | m.close | m.backslash) & !inside;
+        while visit != 0 {
+            let i = at + visit.trailing_zeros() as usize;
+            visit &= visit - 1;
+            match b[i] {
+                b'\\' => return Err(NotJson("a backslash outside a string")),
+                open @ (b'{' | b'[') => {
+                    if depth == MAX_DEPTH {
+                        return Err(NotJson("nested too deeply"));
+                    }
+                    // '{' + 2 is '}', '[' + 2 is ']'.
+                    closers[depth] = open + 2;
+                    depth += 1;
                 }
-                closers[depth] = if open == b'{' { b'}' } else { b']' };
-                depth += 1;
+                close => {
+                    if depth == 0 || closers[depth - 1] != close {
+                        return Err(NotJson("unbalanced brackets"));
+                    }
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(i + 1);
+                    }
+                }
             }
-            close @ (b'}' | b']') => {
-                if depth == 0 || closers[depth - 1] != close {
-                    return Err(NotJson("unbalanced brackets"));
-                }
-                depth -= 1;
-                if depth == 0 {
-                    return Ok(i + 1);
-                }
-            }
-            _ => {}
         }
-        i += 1;
+        at += 64;
     }
     Err(NotJson("truncated"))
+}
+
+/// One bit per byte of a 64-byte block.
+struct Masks {
+    quote: u64,
+    backslash: u64,
+    /// `{` and `[`.
+    open: u64,
+    /// `}` and `]`.
+    close: u64,
+}
+
+impl Masks {
+    /// Setting bit 0x20 folds `[` onto `{` and `]` onto `}`, and no other byte
+    /// onto either, so two comparisons find all four brackets.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn of(block: &[u8; 64]) -> Masks {
+        use std::arch::x86_64::*;
+        let mut m = Masks { quote: 0, backslash: 0, open: 0, close: 0 };
+        // SAFETY: SSE2 is part of the x86_64 baseline, and every unaligned
+        // 16-byte load reads inside the 64-byte block.
+        unsafe {
+            let (quote, backslash) = (_mm_set1_epi8(b'"' as i8), _mm_set1_epi8(b'\\' as i8));
+            let (open, close, fold) = (_mm_set1_epi8(b'{' as i8), _mm_set1_epi8(b'}' as i8), _mm_set1_epi8(0x20));
+            for k in 0..4 {
+                let v = _mm_loadu_si128(block.as_ptr().add(16 * k).cast::<__m128i>());
+                let folded = _mm_or_si128(v, fold);
+                let bits = |x: __m128i| (_mm_movemask_epi8(x) as u32 as u64 & 0xffff) << (16 * k);
+                m.quote |= bits(_mm_cmpeq_epi8(v, quote));
+                m.backslash |= bits(_mm_cmpeq_epi8(v, backslash));
+                m.open |= bits(_mm_cmpeq_epi8(folded, open));
+                m.close |= bits(_mm_cmpeq_epi8(folded, close));
+            }
+        }
+        m
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn of(block: &[u8; 64]) -> Masks {
+        let mut m = Masks { quote: 0, backslash: 0, open: 0, close: 0 };
+        for (i, &c) in block.iter().enumerate() {
+            m.quote |= u64::from(c == b'"') << i;
+            m.backslash |= u64::from(c == b'\\') << i;
+            m.open |= u64::from(c | 0x20 == b'{') << i;
+            m.close |= u64::from(c | 0x20 == b'}') << i;
+        }
+        m
+    }
+}
+
+/// The bytes of a block that follow an escaping backslash: in a run of
+/// backslashes every second one escapes the next byte. Found for all runs at
+/// once with one subtraction (simdjson's escape scanner); `next_escaped`
+/// carries a run that escapes the first byte of the next block.
+#[inline(always)]
+fn escaped_bytes(backslash: u64, next_escaped: &mut u64) -> u64 {
+    const ODD_BITS: u64 = 0xAAAA_AAAA_AAAA_AAAA;
+    if backslash == 0 {
+        return std::mem::take(next_escaped);
+    }
+    let potential = backslash & !*next_escaped;
+    let codes = (((potential << 1) | ODD_BITS).wrapping_sub(potential)) ^ ODD_BITS;
+    let escaped = codes ^ (backslash | *next_escaped);
+    *next_escaped = (codes & backslash) >> 63;
+    escaped
+}
+
+/// Bit i is the XOR of bits 0..=i: set from an opening quote up to (not
+/// including) its closing quote.
+#[inline(always)]
+fn prefix_xor(mut x: u64) -> u64 {
+    for shift in [1, 2, 4, 8, 16, 32] {
+        x ^= x << shift;
+    }
+    x
 }
 
 #[cfg(test)]
@@ -247,5 +353,91 @@ mod tests {
         assert_eq!(plain_string(r#""123""#), Some("123"));
         assert_eq!(plain_string(r#""a\"b""#), None);
         assert_eq!(plain_string("123"), None);
+    }
+
+    /// The byte loop the block scanner replaced: the reference it must agree with.
+    fn reference_end(b: &[u8], start: usize) -> Result<usize, ScanError> {
+        let mut closers = Vec::new();
+        let mut i = start;
+        while i < b.len() {
+            match b[i] {
+                b'"' => {
+                    i = string_end(b, i)?;
+                    continue;
+                }
+                b'\\' => return Err(NotJson("a backslash outside a string")),
+                b'{' => closers.push(b'}'),
+                b'[' => closers.push(b']'),
+                close @ (b'}' | b']') => {
+                    if closers.pop() != Some(close) {
+                        return Err(NotJson("unbalanced brackets"));
+                    }
+                    if closers.is_empty() {
+                        return Ok(i + 1);
+                    }
+                }
+                _ => {}
+            }
+            if closers.len() > MAX_DEPTH {
+                return Err(NotJson("nested too deeply"));
+            }
+            i += 1;
+        }
+        Err(NotJson("truncated"))
+    }
+
+    /// A random container whose strings hold quotes, brackets and runs of
+    /// backslashes, so that strings and escapes straddle block boundaries.
+    fn random_container(rng: &mut fastrand::Rng, out: &mut String, depth: usize) {
+        let (open, close) = if rng.bool() { ('{', '}') } else { ('[', ']') };
+        out.push(open);
+        for n in 0..rng.usize(0..6) {
+            if n > 0 {
+                out.push(',');
+            }
+            match rng.u8(0..4) {
+                0 if depth < 6 => random_container(rng, out, depth + 1),
+                1 => out.push_str(&"7".repeat(rng.usize(1..90))),
+                _ => {
+                    out.push('"');
+                    for _ in 0..rng.usize(0..80) {
+                        match rng.u8(0..8) {
+                            0 => out.push_str(&"\\\\".repeat(rng.usize(1..40))),
+                            1 => out.push_str("\\\""),
+                            2 => out.push_str("{[]}"),
+                            _ => out.push('a'),
+                        }
+                    }
+                    out.push('"');
+                }
+            }
+        }
+        out.push(close);
+    }
+
+    #[test]
+    fn the_block_scanner_agrees_with_the_byte_loop_at_every_cut() {
+        let mut rng = fastrand::Rng::with_seed(9);
+        for _ in 0..400 {
+            let mut text = String::new();
+            random_container(&mut rng, &mut text, 0);
+            let b = text.as_bytes();
+            assert_eq!(container_end(b, 0), Ok(b.len()), "{text}");
+            // Every truncation, and a stray quote or bracket anywhere, gives
+            // the same answer as the byte loop.
+            for cut in 1..b.len() {
+                let (got, want) = (container_end(&b[..cut], 0), reference_end(&b[..cut], 0));
+                assert_eq!(got.ok(), want.ok(), "{}: {got:?} against {want:?}", &text[..cut]);
+            }
+            for _ in 0..20 {
+                let mut bad = b.to_vec();
+                let at = rng.usize(0..bad.len());
+                bad.insert(at, *b"\"{}[]".get(rng.usize(0..5)).unwrap_or(&b'"'));
+                let (got, want) = (container_end(&bad, 0), reference_end(&bad, 0));
+                assert_eq!(got.ok(), want.ok(), "{}: {got:?} against {want:?}", String::from_utf8_lossy(&bad));
+            }
+        }
+        let deep = "[".repeat(129) + &"]".repeat(129);
+        assert_eq!(container_end(deep.as_bytes(), 0), Err(NotJson("nested too deeply")));
     }
 }
