@@ -258,6 +258,7 @@ async fn stream(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
             rng: fastrand::Rng::with_seed(seed),
             frames: 0,
             last_write: Instant::now(),
+            pending: BytesMut::new(),
         },
         stop: shared.stop.subscribe(),
         held: Holdback::new(shared.mastodon.update_delay_ms, seed),
@@ -285,20 +286,48 @@ struct SseWriter {
     rng: fastrand::Rng,
     frames: u64,
     last_write: Instant,
+    /// Unsplit blocks gathered while more events are ready, sent as one
+    /// chunk: a fast reader then gets large reads, as from a real server.
+    pending: BytesMut,
 }
 
+/// Gathered bytes are sent at this size (or when no event is ready).
+const COALESCE_BYTES: usize = 64 * 1024;
+
 impl SseWriter {
-    /// One event block or comment, cut into chunks per `split`.
+    /// One event block or comment, cut into chunks per `split`; unsplit
+    /// blocks are gathered until [`SseWriter::flush`] or `COALESCE_BYTES`.
     async fn frame(&mut self, frame: Bytes) -> Result<(), Halt> {
         let frame_no = self.frames;
         self.frames += 1;
+        if self.split == Split::None {
+            self.pending.extend_from_slice(&frame);
+            if self.pending.len() >= COALESCE_BYTES {
+                self.flush().await?;
+            }
+            return Ok(());
+        }
+        self.flush().await?;
         for piece in wire::split_frame(self.split, frame_no, &frame, &mut self.rng) {
             self.send(Piece::Data(piece)).await?;
         }
         Ok(())
     }
 
+    /// Sends what is gathered.
+    async fn flush(&mut self) -> Result<(), Halt> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.pending.split().freeze();
+        self.send(Piece::Data(chunk)).await
+    }
+
     async fn send(&mut self, piece: Piece) -> Result<(), Halt> {
+        if let Piece::Abort { .. } = piece {
+            // What was gathered goes out before the end.
+            Box::pin(self.flush()).await?;
+        }
         tokio::select! {
             biased;
             sent = self.tx.send(piece) => sent.map_err(|_| Halt::ClientClosed)?,
@@ -350,6 +379,11 @@ impl SseProducer {
         let mut sent: u64 = 0;
         let mut silenced = false;
         loop {
+            // Gather while the next event is already waiting and no script
+            // threshold is due; otherwise what is gathered goes out now.
+            if self.events.is_empty() || self.due(sent, silenced) {
+                self.out.flush().await?;
+            }
             let s = &self.script;
             if s.close_after.is_some_and(|n| sent >= n) {
                 let reset = s.reset;
@@ -419,6 +453,13 @@ impl SseProducer {
                 _ = wire::stopped(&mut self.stop) => return Err(Halt::ServerStop),
             }
         }
+    }
+
+    /// Whether a script threshold (a close, an end, a silence) is reached.
+    fn due(&self, sent: u64, silenced: bool) -> bool {
+        let s = &self.script;
+        let at = |n: Option<u64>| n.is_some_and(|n| sent >= n);
+        at(s.close_after) || at(s.disconnect_after) || at(s.limit) || (!silenced && at(s.silence_after))
     }
 
     /// One event block.
