@@ -64,7 +64,9 @@ impl Framer {
         Framer {
             delimiting,
             max_message: max_message.max(1),
-            buf: BytesMut::with_capacity(16 * 1024),
+            // Empty until the first chunk: a thousand idle connections should
+            // not each hold a read-sized buffer.
+            buf: BytesMut::new(),
             scanned: 0,
             state: State::Line,
         }
@@ -83,6 +85,17 @@ impl Framer {
 
     /// The next complete frame, if the buffer holds one.
     pub fn next_frame(&mut self) -> Option<Frame> {
+        let frame = self.next_frame_inner();
+        if frame.is_none() && self.buf.is_empty() && self.buf.capacity() > 0 {
+            // Everything read was framed: let go of the allocation (frames
+            // still in flight keep their part alive) so an idle connection
+            // holds no buffer; the next chunk allocates what it needs.
+            self.buf = BytesMut::new();
+        }
+        frame
+    }
+
+    fn next_frame_inner(&mut self) -> Option<Frame> {
         loop {
             match self.state {
                 State::Line => {
