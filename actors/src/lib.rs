@@ -9,8 +9,10 @@
 //! Map: `event` (what flows), `messages` (what actors say), `source` (the
 //! source registry and handle), `planner`, `supervisor`, `connection` (one
 //! connection and its transports), `delivery` (hand-off, overlap window),
-//! `sinks`, and one folder per family (`twitter`, `mastodon`); `builtin`
-//! lists the kinds this crate ships.
+//! `sinks`, `packing` and `follow_delta` (what families share: ids into
+//! connections, follow changes kept in state_dir), and one folder per family
+//! (`twitter`, `mastodon`); `builtin` lists the kinds this
+//! crate ships.
 #![warn(missing_docs)]
 
 pub mod builtin;
@@ -18,9 +20,11 @@ pub mod connection;
 pub mod delivery;
 pub mod error;
 pub mod event;
+pub mod follow_delta;
 pub mod mastodon;
 pub mod messages;
 pub mod metrics;
+pub mod packing;
 pub mod persist;
 pub mod planner;
 pub mod scan;

@@ -117,6 +117,26 @@ pub fn http_url(key: &str, url: &str) -> Result<String, ConfigError> {
     }
 }
 
+/// `url` on its WebSocket scheme: `https://` becomes `wss://`, `http://`
+/// becomes `ws://`; anything else is returned as it is.
+pub fn websocket_scheme(url: &str) -> String {
+    match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => format!("wss://{rest}"),
+        (_, Some(rest)) => format!("ws://{rest}"),
+        _ => url.to_owned(),
+    }
+}
+
+/// `url` on its HTTP scheme: `wss://` becomes `https://`, `ws://` becomes
+/// `http://`; anything else is returned as it is.
+pub fn http_scheme(url: &str) -> String {
+    match (url.strip_prefix("wss://"), url.strip_prefix("ws://")) {
+        (Some(rest), _) => format!("https://{rest}"),
+        (_, Some(rest)) => format!("http://{rest}"),
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +159,11 @@ mod tests {
         assert_eq!(stall_timeout("k", None, Duration::from_secs(3)).unwrap(), Duration::from_secs(3));
         assert_eq!(http_url("k", "http://h:1/").unwrap(), "http://h:1");
         assert_eq!(http_url("k", "ftp://h").unwrap_err().key, "k");
+        assert_eq!(websocket_scheme("https://h:1/x"), "wss://h:1/x");
+        assert_eq!(websocket_scheme("http://h"), "ws://h");
+        assert_eq!(websocket_scheme("ws://h"), "ws://h");
+        assert_eq!(http_scheme("wss://h"), "https://h");
+        assert_eq!(http_scheme("ws://h/"), "http://h/");
+        assert_eq!(http_scheme("https://h"), "https://h");
     }
 }

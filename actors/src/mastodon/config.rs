@@ -76,7 +76,7 @@ pub fn parse(table: serde_json::Value, ctx: &SourceContext) -> Result<MastodonSp
     }
     let streaming_url = match &src.streaming_url {
         Some(u) => {
-            let http = u.replacen("wss://", "https://", 1).replacen("ws://", "http://", 1);
+            let http = crate::settings::http_scheme(u);
             Some(http_url(&key("streaming_url"), &http)?)
         }
         None => None,

@@ -64,14 +64,7 @@ pub async fn discover_streaming_url(instance: &str, token: &BearerToken) -> Resu
         };
         if let Some(streaming) = value.pointer(pointer).and_then(|v| v.as_str()).filter(|s| !s.is_empty()) {
             // SSE and the WebSocket URL are both derived from an http(s) base.
-            let http = if let Some(rest) = streaming.strip_prefix("wss://") {
-                format!("https://{rest}")
-            } else if let Some(rest) = streaming.strip_prefix("ws://") {
-                format!("http://{rest}")
-            } else {
-                streaming.to_owned()
-            };
-            return Ok(http.trim_end_matches('/').to_owned());
+            return Ok(crate::settings::http_scheme(streaming).trim_end_matches('/').to_owned());
         }
         last_error = format!("{url}: no streaming URL in the answer");
     }

@@ -83,7 +83,7 @@ impl TwitterFamily {
     }
 
     fn persist(&self, state_dir: &std::path::Path) -> Result<(), PlanError> {
-        self.delta.store(&FollowDelta::path(state_dir, &self.spec.name)).map_err(PlanError::Persist)
+        self.delta.store(&FollowDelta::<u64>::path(state_dir, &self.spec.name)).map_err(PlanError::Persist)
     }
 
     /// Refuses predicates that cannot be planned, before anything changes.
@@ -359,7 +359,7 @@ impl Family for TwitterFamily {
     type Spec = TwitterSpec;
 
     fn start(p: &mut P, ctx: &mut Ctx<Self>) {
-        let path = FollowDelta::path(&p.ctx.state_dir, p.name());
+        let path = FollowDelta::<u64>::path(&p.ctx.state_dir, p.name());
         match FollowDelta::load(&path) {
             Ok(delta) => {
                 if delta != FollowDelta::default() {
@@ -406,7 +406,7 @@ impl Family for TwitterFamily {
             follow: shard.query.follow.clone(),
             track: shard.query.track.clone(),
             locations: shard.query.locations.clone(),
-            streams: Vec::new(),
+            ..Carries::default()
         }
     }
 
@@ -460,19 +460,7 @@ impl Family for TwitterFamily {
         let f = &mut p.family;
         let before: BTreeSet<u64> = f.desired_follows().into_iter().collect();
         let mut delta = f.delta.clone();
-        let in_config: BTreeSet<u64> = f.config_follows.iter().copied().collect();
-        for id in &add {
-            delta.removed.remove(id);
-            if !in_config.contains(id) {
-                delta.added.insert(*id);
-            }
-        }
-        for id in &remove {
-            delta.added.remove(id);
-            if in_config.contains(id) {
-                delta.removed.insert(*id);
-            }
-        }
+        delta.change(&f.config_follows, &add, &remove);
         let after = delta.apply(&f.config_follows);
         f.check_plannable(&after, &f.spec.query.track, &f.spec.query.locations)?;
         f.delta = delta;
