@@ -251,7 +251,7 @@ impl<F: Family> ShardPlanner<F> {
             max_message_bytes: self.basics.max_message_bytes,
         };
         let carries = F::carries(&state);
-        let (follows, streams) = (carries.follow.len(), carries.streams.len());
+        let (follows, streams) = (carries.follow.len() + carries.dids.len(), carries.streams.len());
         let stats = ConnectionStats::new(id.clone(), self.basics.name.clone(), carries, counters);
         self.ctx.stats.add(stats.clone());
         let (batches, reports, actor_stats) = (ctx.address().recipient(), ctx.address().recipient(), stats.clone());

@@ -154,6 +154,9 @@ struct StreamRow {
     locations: Vec<String>,
     /// Named streams (Mastodon).
     streams: Vec<String>,
+    /// Repository DIDs (Jetstream).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dids: Vec<String>,
     messages: u64,
     bytes: u64,
     /// Seconds since the last message; null before the first.
@@ -175,6 +178,7 @@ impl StreamRow {
             track: s.carries.track,
             locations: s.carries.locations,
             streams: s.carries.streams,
+            dids: s.carries.dids,
             messages: s.messages,
             bytes: s.bytes,
             reconnects: s.reconnects,

@@ -94,8 +94,11 @@ pub trait Protocol: Sized + Unpin + 'static {
         std::future::pending().await
     }
 
-    /// A piece of side work finished.
-    fn side_done(&mut self, _done: Self::Side, _conn: &mut Conn<Self>) {}
+    /// A piece of side work finished. `true` asks for a [`Protocol::sync`]
+    /// next (side work that must write to the connection: a ping).
+    fn side_done(&mut self, _done: Self::Side, _conn: &mut Conn<Self>) -> bool {
+        false
+    }
 
     /// Work to run once the events of the last step are written by every
     /// sink that takes them, after the work of earlier steps (record a
@@ -513,7 +516,13 @@ async fn run<P: Protocol>(protocol: &mut P, io: &mut Io<P>, connected_at: &mut O
                     end = Some(e);
                 }
             }
-            done = protocol.side() => protocol.side_done(done, &mut conn),
+            done = protocol.side() => {
+                if protocol.side_done(done, &mut conn) {
+                    if let Err(e) = protocol.sync(&mut link, &mut conn).await {
+                        end = Some(e);
+                    }
+                }
+            }
             read = tokio::time::timeout_at(deadline, link.next()) => {
                 match read {
                     Err(_) => end = Some(StreamError::Retryable(DisconnectCause::Stall)),

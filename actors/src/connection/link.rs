@@ -45,8 +45,10 @@ pub enum Input {
     /// One complete WebSocket binary message.
     Binary(Bytes),
     /// Proof of life that carries nothing: an SSE comment or `retry`, bytes
-    /// that end no event yet, a WebSocket ping, pong or partial fragment.
+    /// that end no event yet, a WebSocket ping or partial fragment.
     KeepAlive,
+    /// A WebSocket pong: the server answered one of our pings.
+    Pong,
     /// A message over `max_message_bytes` was dropped; the stream goes on.
     Oversized {
         /// What was too long (`line`, `event`, `fragmented message`).
@@ -133,7 +135,7 @@ impl Link {
                         ws.pong = Some(p);
                         Input::KeepAlive
                     }
-                    ws::Frame::Pong(_) => Input::KeepAlive,
+                    ws::Frame::Pong(_) => Input::Pong,
                     ws::Frame::Close(reason) => {
                         let code = reason.as_ref().map(|r| u16::from(r.code));
                         tracing::info!(connection = %self.id, code, "server closed the WebSocket");
@@ -164,6 +166,14 @@ impl Link {
             }
         }
         Ok(())
+    }
+
+    /// Sends a WebSocket ping (WebSocket only); its pong comes back as [`Input::Pong`].
+    pub async fn ping(&mut self, payload: Bytes) -> Result<(), StreamError> {
+        match &mut self.inner {
+            Inner::Ws(ws) => ws.framed.send(ws::Message::Ping(payload)).await.map_err(StreamError::network),
+            _ => Err(StreamError::Fatal { reason: "cannot ping an HTTP stream".into() }),
+        }
     }
 
     /// Sends a text message (WebSocket only).

@@ -86,6 +86,8 @@ pub struct Carries {
     pub locations: Vec<String>,
     /// Mastodon streams (config spelling).
     pub streams: Vec<String>,
+    /// Repository DIDs (Jetstream); empty with no follow either = every DID.
+    pub dids: Vec<String>,
 }
 
 /// Pre-resolved metric handles for one source, so the hot path adds to an
@@ -246,6 +248,13 @@ impl ConnectionStats {
     pub fn set_streams(&self, streams: Vec<String>) {
         if let Ok(mut c) = self.carries.lock() {
             c.streams = streams;
+        }
+    }
+
+    /// The DIDs it carries changed.
+    pub fn set_dids(&self, dids: Vec<String>) {
+        if let Ok(mut c) = self.carries.lock() {
+            c.dids = dids;
         }
     }
 

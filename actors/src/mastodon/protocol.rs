@@ -611,14 +611,7 @@ impl Protocol for MastodonProtocol {
                 http::open(&conn.spec.id, send, BodyKind::Sse, &FATAL_STATUSES, self.max_message_bytes).await?
             }
             Transport::WebSocket => {
-                let base = self.spec.streaming_url.trim_end_matches('/');
-                let ws_base = if let Some(rest) = base.strip_prefix("https://") {
-                    format!("wss://{rest}")
-                } else if let Some(rest) = base.strip_prefix("http://") {
-                    format!("ws://{rest}")
-                } else {
-                    base.to_owned()
-                };
+                let ws_base = crate::settings::websocket_scheme(self.spec.streaming_url.trim_end_matches('/'));
                 let url = format!("{ws_base}/api/v1/streaming");
                 tracing::info!(connection = %conn.spec.id, url = %url, "connecting (websocket)");
                 let request = client.ws(&url).bearer_auth(token.expose());
@@ -665,7 +658,7 @@ impl Protocol for MastodonProtocol {
             },
             Input::Binary(b) => conn.malformed("binary frame (Mastodon sends text only)", &b),
             Input::Oversized { what, len } => conn.oversized(what, len),
-            Input::Bytes(_) | Input::KeepAlive => {}
+            Input::Bytes(_) | Input::KeepAlive | Input::Pong => {}
         }
         None
     }
@@ -698,8 +691,9 @@ impl Protocol for MastodonProtocol {
         }
     }
 
-    fn side_done(&mut self, done: CatchUpDone, conn: &mut Conn<Self>) {
+    fn side_done(&mut self, done: CatchUpDone, conn: &mut Conn<Self>) -> bool {
         self.catch_up_done(done, conn);
+        false
     }
 
     fn written(&mut self) -> Option<OnWritten> {
