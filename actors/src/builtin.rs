@@ -3,7 +3,7 @@
 
 use crate::sinks::{file, stdout, SinkRegistry};
 use crate::source::SourceRegistry;
-use crate::{mastodon, twitter};
+use crate::{jetstream, mastodon, twitter};
 
 impl SourceRegistry {
     /// The built-in source kinds.
@@ -14,6 +14,7 @@ impl SourceRegistry {
             twitter::source::USER,
             twitter::source::SITE,
             mastodon::source::MASTODON,
+            jetstream::source::JETSTREAM,
         ])
     }
 }

@@ -11,7 +11,7 @@
 //! connection and its transports), `delivery` (hand-off, overlap window),
 //! `sinks`, `packing` and `follow_delta` (what families share: ids into
 //! connections, follow changes kept in state_dir), and one folder per family
-//! (`twitter`, `mastodon`); `builtin` lists the kinds this
+//! (`twitter`, `mastodon`, `jetstream`); `builtin` lists the kinds this
 //! crate ships.
 #![warn(missing_docs)]
 
@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod follow_delta;
+pub mod jetstream;
 pub mod mastodon;
 pub mod messages;
 pub mod metrics;
