@@ -1,6 +1,7 @@
 //! How a simulator is started: listen address, pace, keep-alives, the
-//! accepted Twitter credentials and Mastodon tokens, the fault script and the
-//! WebSocket and reordering knobs (`SimulatorConfig`).
+//! accepted Twitter credentials and Mastodon tokens, the fault script, the
+//! WebSocket and reordering knobs and the Jetstream generator, population,
+//! ping and outbox (`SimulatorConfig`).
 
 use std::net::SocketAddr;
 
@@ -38,6 +39,22 @@ pub struct SimulatorConfig {
     /// while other events go out at once, so they arrive out of order as on
     /// the real server (B.9). 0: never.
     pub mastodon_update_delay_ms: u64,
+    /// Jetstream: events per second the live generator appends over the
+    /// whole firehose, at random members of the population. 0 (the
+    /// default): no generator; tests publish with
+    /// `SimHandle::jetstream_publish`.
+    pub jetstream_rate: u32,
+    /// Jetstream: how many population DIDs (`SimHandle::jetstream_did`) the
+    /// generator and `POST /_sim/jetstream/publish` draw from.
+    pub jetstream_dids: usize,
+    /// Jetstream: a Ping goes out every this many ms once the stream has
+    /// started (the real server: 30000); a client that does not answer is
+    /// never dropped for it.
+    pub jetstream_ping_ms: u64,
+    /// Jetstream: events a live subscriber's outbox holds; one that falls
+    /// this far behind is dropped without a close frame (the real server:
+    /// 50000).
+    pub jetstream_outbox: usize,
 }
 
 impl Default for SimulatorConfig {
@@ -52,6 +69,10 @@ impl Default for SimulatorConfig {
             mastodon_tokens: vec![DEMO_MASTODON_TOKEN.to_string()],
             ws_ping_ms: 30_000,
             mastodon_update_delay_ms: 0,
+            jetstream_rate: 0,
+            jetstream_dids: 1_000,
+            jetstream_ping_ms: 30_000,
+            jetstream_outbox: 50_000,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The handle of a running simulator (`SimHandle`): its address, the logs,
 //! the fault script and `stop`. The Mastodon controls are added to it in
-//! `mastodon` and `mastodon_ws`.
+//! `mastodon` and `mastodon_ws`, the Jetstream ones in `jetstream`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -86,7 +86,7 @@ impl SimHandle {
     /// Ends every open stream cleanly, then stops the server.
     pub async fn stop(&self) {
         self.shared.stop.send_replace(true);
-        self.shared.mastodon.ws_log.drained(Duration::from_millis(500)).await;
+        self.shared.upgraded.drained(Duration::from_millis(500)).await;
         self.server.stop(true).await;
     }
 }

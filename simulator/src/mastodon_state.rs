@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::config::SimulatorConfig;
 use super::mastodon_ws_log::WsLog;
-use super::records::lock;
+use super::records::{lock, push_capped};
 
 /// The first status id: 18 digits like a 2022 Mastodon snowflake, so every id
 /// the simulator hands out has the same length and numeric order is Mastodon's
@@ -282,7 +282,7 @@ impl State {
             audience: audience.clone(),
             json: json.clone(),
         });
-        push_capped(&mut h.statuses, status);
+        push_capped(&mut h.statuses, status, MAX_MASTODON_HISTORY);
         self.emit(Event {
             kind: "update",
             id: id.clone(),
@@ -372,7 +372,11 @@ impl State {
             json.push_str(&s.json);
         }
         json.push('}');
-        push_capped(&mut h.notifications, Arc::new(Notification { id: id.clone(), json: json.clone() }));
+        push_capped(
+            &mut h.notifications,
+            Arc::new(Notification { id: id.clone(), json: json.clone() }),
+            MAX_MASTODON_HISTORY,
+        );
         self.emit(Event {
             kind: "notification",
             id: id.clone(),
@@ -528,13 +532,6 @@ impl State {
         };
         chosen.into_iter().map(|(i, j)| (i.to_string(), j.to_string())).collect()
     }
-}
-
-fn push_capped<T>(q: &mut VecDeque<T>, item: T) {
-    while q.len() >= MAX_MASTODON_HISTORY {
-        q.pop_front();
-    }
-    q.push_back(item);
 }
 
 fn now_iso() -> String {

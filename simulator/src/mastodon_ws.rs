@@ -16,27 +16,22 @@
 //! revoked token's `kill`), `limit` (Close 1000) and
 //! `silence_after`/`silence_ms` (no events, no pings). `split` does not
 //! apply. After a Close frame of its own the server waits up to
-//! `CLOSE_WAIT` for the client's, then closes the TCP connection.
+//! `CLOSE_WAIT` for the client's, then closes the TCP connection (`ws_conn`).
 
 use std::future::Future;
-use std::io;
-use std::os::fd::RawFd;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::guard::{self, GuardContext};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use actix_ws::{AggregatedMessage, CloseCode};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 use tokio::time::MissedTickBehavior;
 
 use super::handle::SimHandle;
@@ -47,19 +42,13 @@ use super::records::{lock, visible_params, ConnSlot, SentMessage};
 use super::scenario::AttemptScript;
 use super::shared::Shared;
 use super::wire::{self, ConnFd};
+use super::ws_conn::{server_stop, End, WsLink, GONE};
 
 /// The Mastodon version the instance endpoints announce.
 const VERSION: &str = "4.3.0";
 
-/// Client frames kept while a scripted silence lasts; more are dropped.
-const MAX_BUFFERED: usize = 1024;
-
 /// Largest client message (also when sent in continuation frames).
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
-
-/// How long the server waits for the client's Close frame after sending
-/// its own before it drops the connection anyway.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 impl SimHandle {
     /// Every Mastodon WebSocket connection opened (the most recent
@@ -184,33 +173,30 @@ async fn upgrade(req: HttpRequest, body: web::Payload, shared: web::Data<Shared>
     let events = shared.mastodon.events.subscribe();
     let shared = shared.into_inner();
     let subscription = Subscription::new(&shared);
-    let (abort, abort_rx) = oneshot::channel();
     let fd = req.conn_data::<ConnFd>().map(|c| c.0);
     let seed = attempt.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x3EB5;
-    let body_shared = Arc::clone(&shared);
+    let messages =
+        messages.max_frame_size(MAX_CLIENT_MESSAGE).aggregate_continuations().max_continuation_size(MAX_CLIENT_MESSAGE);
+    let mut ws = WsLink::new(session, messages, shared.stop.subscribe());
+    let resp =
+        resp.map_body(|_, inner| ws.body("websocket", inner, fd, Arc::clone(&shared.upgraded))).map_into_boxed_body();
     let conn = WsConn {
         held: Holdback::new(shared.mastodon.update_delay_ms, seed),
-        stop: shared.stop.subscribe(),
         shared,
         slot,
         info,
         script,
         token: token.unwrap_or_default(),
-        session,
-        messages: messages
-            .max_frame_size(MAX_CLIENT_MESSAGE)
-            .aggregate_continuations()
-            .max_continuation_size(MAX_CLIENT_MESSAGE),
+        ws,
         events,
         revoked,
-        abort: Some(abort),
         subs: Vec::new(),
         sent: 0,
         awaiting_pong: false,
         _subscription: subscription,
     };
     actix_rt::spawn(conn.run(SubRequest::from_query(&params)));
-    resp.map_body(|_, inner| WsBody::new(inner, abort_rx, fd, body_shared)).map_into_boxed_body()
+    resp
 }
 
 /// A subscribe or unsubscribe request: from the URL or a client message.
@@ -349,19 +335,6 @@ struct Out {
     frame: String,
 }
 
-/// How a connection ends.
-enum End {
-    /// Drop the TCP connection without a Close frame (RST with `reset`):
-    /// the client sees 1006.
-    Abort { reset: bool, why: &'static str },
-    /// Send a Close frame; None: no status code (the client sees 1005).
-    Close { reason: Option<CloseReason>, why: &'static str },
-    /// Just stop: the client is gone.
-    Gone(&'static str),
-}
-
-const GONE: End = End::Gone("client closed");
-
 /// Serves one WebSocket.
 struct WsConn {
     shared: Arc<Shared>,
@@ -370,13 +343,10 @@ struct WsConn {
     script: AttemptScript,
     /// The token it was opened with, rechecked at every revocation.
     token: String,
-    session: Session,
-    messages: AggregatedMessageStream,
+    /// The client's session and messages, and the stop signal.
+    ws: WsLink,
     events: broadcast::Receiver<Arc<Event>>,
     revoked: watch::Receiver<u64>,
-    stop: watch::Receiver<bool>,
-    /// Tells the body to end with an error, so actix drops the connection.
-    abort: Option<oneshot::Sender<DropConnection>>,
     subs: Vec<Sub>,
     /// Updates held back on public and hashtag subscriptions (B.9).
     held: Holdback<Out>,
@@ -389,9 +359,7 @@ struct WsConn {
 impl WsConn {
     async fn run(mut self, initial: Option<SubRequest>) {
         let end = self.serve(initial).await;
-        let why = match &end {
-            End::Abort { why, .. } | End::Close { why, .. } | End::Gone(why) => *why,
-        };
+        let why = end.why();
         self.slot.finish(why);
         self.shared.close(&self.slot);
         lock(&self.info).open = false;
@@ -401,51 +369,7 @@ impl WsConn {
             messages = self.slot.messages.load(Ordering::Relaxed),
             "simulated mastodon websocket ended"
         );
-        match end {
-            End::Abort { reset, why } => self.drop_connection(DropConnection { reset, why }),
-            End::Close { reason, why } => {
-                let close = self.session.clone().close(reason);
-                let sent = matches!(tokio::time::timeout(CLOSE_WAIT, close).await, Ok(Ok(())));
-                // The closing handshake: the server closes the TCP
-                // connection once the client answered (or at once when the
-                // client closed first or the server stops).
-                if sent && !matches!(why, "client closed" | "server stop") {
-                    self.await_close().await;
-                }
-                // A client that closed first closes its TCP side itself: the
-                // body just ends, without the error actix would log.
-                if why != "client closed" {
-                    self.drop_connection(DropConnection { reset: false, why });
-                }
-            }
-            // The client is gone: the body just ends.
-            End::Gone(_) => {}
-        }
-    }
-
-    /// Ends the body with an error after the frames queued so far: actix
-    /// drops the connection (FIN, or RST with `reset`) instead of lingering
-    /// for the client to close first. (actix logs the error.)
-    fn drop_connection(&mut self, how: DropConnection) {
-        if let Some(abort) = self.abort.take() {
-            let _ = abort.send(how);
-        }
-    }
-
-    /// Waits (at most `CLOSE_WAIT`) for the client's Close frame.
-    async fn await_close(&mut self) {
-        let answered = async {
-            loop {
-                match self.messages.recv().await {
-                    Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => return,
-                    Some(Ok(_)) => {}
-                }
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::timeout(CLOSE_WAIT, answered) => {}
-            _ = wire::stopped(&mut self.stop) => {}
-        }
+        self.ws.finish(end).await;
     }
 
     async fn serve(&mut self, initial: Option<SubRequest>) -> End {
@@ -464,7 +388,7 @@ impl WsConn {
             }
             if !silenced && self.script.silence_after.is_some_and(|n| self.sent >= n) {
                 silenced = true;
-                let buffered = match self.silence(Duration::from_millis(self.script.silence_ms)).await {
+                let buffered = match self.ws.silence(Duration::from_millis(self.script.silence_ms)).await {
                     Ok(b) => b,
                     Err(end) => return end,
                 };
@@ -480,7 +404,7 @@ impl WsConn {
             }
             let due = self.held.next_due();
             let step = tokio::select! {
-                m = self.messages.recv() => match m {
+                m = self.ws.messages.recv() => match m {
                     Some(Ok(m)) => self.on_message(m).await,
                     Some(Err(e)) => {
                         tracing::debug!(attempt = self.slot.attempt, error = %e, "websocket protocol error");
@@ -502,7 +426,7 @@ impl WsConn {
                         Err(End::Abort { reset: false, why: "ping timeout" })
                     } else {
                         self.awaiting_pong = true;
-                        or_stop(self.session.ping(b""), &mut self.stop).await
+                        or_stop(self.ws.session.ping(b""), &mut self.ws.stop).await
                     }
                 }
                 _ = mastodon::until(due) => match self.held.pop_due() {
@@ -517,7 +441,7 @@ impl WsConn {
                         Err(End::Close { reason: None, why: "revoked" })
                     }
                 }
-                _ = wire::stopped(&mut self.stop) => Err(server_stop()),
+                _ = wire::stopped(&mut self.ws.stop) => Err(server_stop()),
             };
             if let Err(end) = step {
                 return end;
@@ -540,28 +464,6 @@ impl WsConn {
         None
     }
 
-    /// Sends nothing for `how_long`; the client's frames wait (up to
-    /// `MAX_BUFFERED`) and are returned.
-    async fn silence(&mut self, how_long: Duration) -> Result<Vec<AggregatedMessage>, End> {
-        let over = tokio::time::sleep(how_long);
-        tokio::pin!(over);
-        let mut buffered = Vec::new();
-        loop {
-            tokio::select! {
-                _ = &mut over => return Ok(buffered),
-                m = self.messages.recv() => match m {
-                    Some(Ok(m)) => {
-                        if buffered.len() < MAX_BUFFERED {
-                            buffered.push(m);
-                        }
-                    }
-                    Some(Err(_)) | None => return Err(GONE),
-                },
-                _ = wire::stopped(&mut self.stop) => return Err(server_stop()),
-            }
-        }
-    }
-
     async fn on_message(&mut self, m: AggregatedMessage) -> Result<(), End> {
         match m {
             AggregatedMessage::Text(text) => self.on_text(&text).await,
@@ -569,7 +471,7 @@ impl WsConn {
             AggregatedMessage::Binary(_) => {
                 Err(End::Close { reason: Some(CloseCode::Unsupported.into()), why: "binary" })
             }
-            AggregatedMessage::Ping(bytes) => or_stop(self.session.pong(&bytes), &mut self.stop).await,
+            AggregatedMessage::Ping(bytes) => or_stop(self.ws.session.pong(&bytes), &mut self.ws.stop).await,
             AggregatedMessage::Pong(_) => {
                 self.awaiting_pong = false;
                 lock(&self.info).pongs += 1;
@@ -672,7 +574,7 @@ impl WsConn {
     }
 
     async fn text(&mut self, frame: String) -> Result<(), End> {
-        or_stop(self.session.text(frame), &mut self.stop).await
+        or_stop(self.ws.session.text(frame), &mut self.ws.stop).await
     }
 }
 
@@ -686,85 +588,6 @@ async fn or_stop(
         biased;
         sent = send => sent.map_err(|_| GONE),
         _ = wire::stopped(stop) => Err(End::Abort { reset: false, why: "server stop" }),
-    }
-}
-
-fn server_stop() -> End {
-    End::Close { reason: Some(CloseCode::Away.into()), why: "server stop" }
-}
-
-/// How the connection task has actix drop the TCP connection.
-struct DropConnection {
-    /// By RST instead of FIN.
-    reset: bool,
-    /// Why (in actix's log of the body error).
-    why: &'static str,
-}
-
-/// The upgrade's body: actix-ws's frames, then either a clean end or,
-/// when the connection task asks, an error that makes actix drop the
-/// connection (see `wire::BodyStream`: with `h1_write_buffer_size(1)` every
-/// frame before it has reached the kernel).
-struct WsBody {
-    inner: BoxBody,
-    abort: Option<oneshot::Receiver<DropConnection>>,
-    fd: Option<RawFd>,
-    done: bool,
-    /// For the count in `WsLog`.
-    shared: Arc<Shared>,
-}
-
-impl WsBody {
-    fn new(inner: BoxBody, abort: oneshot::Receiver<DropConnection>, fd: Option<RawFd>, shared: Arc<Shared>) -> WsBody {
-        shared.mastodon.ws_log.body_opened();
-        WsBody { inner, abort: Some(abort), fd, done: false, shared }
-    }
-}
-
-impl Drop for WsBody {
-    fn drop(&mut self) {
-        self.shared.mastodon.ws_log.body_closed();
-    }
-}
-
-impl MessageBody for WsBody {
-    type Error = Box<dyn std::error::Error>;
-
-    fn size(&self) -> BodySize {
-        BodySize::Stream
-    }
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        // Frames first: the abort is sent after the last frame was queued.
-        let ended = match Pin::new(&mut this.inner).poll_next(cx) {
-            Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
-            Poll::Ready(None) => true,
-            Poll::Pending => false,
-        };
-        if let Some(abort) = this.abort.as_mut() {
-            match Pin::new(abort).poll(cx) {
-                Poll::Ready(Ok(how)) => {
-                    this.done = true;
-                    if how.reset {
-                        wire::prepare_reset(this.fd);
-                    }
-                    let message = format!("simulator: websocket connection dropped ({})", how.why);
-                    return Poll::Ready(Some(Err(Box::new(io::Error::new(io::ErrorKind::ConnectionAborted, message)))));
-                }
-                Poll::Ready(Err(_)) => this.abort = None,
-                Poll::Pending => {}
-            }
-        }
-        if ended {
-            this.done = true;
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
-        }
     }
 }
 

@@ -7,91 +7,46 @@ use std::time::{Duration, Instant};
 use awc::error::{WsClientError, WsProtocolError};
 use awc::ws::{CloseCode, Frame, Message};
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::super::{start, AttemptScript, MastodonWsInfo, Scenario, SimHandle, SimulatorConfig, DEMO_MASTODON_TOKEN};
+use super::super::ws_test_support::{self, header, raw_upgrade, script, sim_with, wait_for, Ws, WAIT};
+use super::super::{AttemptScript, MastodonWsInfo, Scenario, SimHandle, SimulatorConfig, DEMO_MASTODON_TOKEN};
 use super::event_frame;
 
-const WAIT: Duration = Duration::from_secs(10);
-
 fn config() -> SimulatorConfig {
-    SimulatorConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        rate: 0,
-        keepalive_ms: 30_000,
-        record_sent: 10_000,
-        ..SimulatorConfig::default()
-    }
+    SimulatorConfig { keepalive_ms: 30_000, ..ws_test_support::config() }
 }
 
-async fn sim_with(config: SimulatorConfig) -> SimHandle {
-    start(config).await.expect("simulator starts")
-}
-
-/// awc's client connection (its type is not nameable from here).
-trait WsIo:
-    Stream<Item = Result<Frame, WsProtocolError>> + Sink<Message, Error = WsProtocolError> + Unpin + 'static
-{
-}
-
-impl<T> WsIo for T where
-    T: Stream<Item = Result<Frame, WsProtocolError>> + Sink<Message, Error = WsProtocolError> + Unpin + 'static
-{
-}
-
-struct Ws {
-    io: Box<dyn WsIo>,
-    protocol: Option<String>,
-}
-
-impl Ws {
-    /// Upgrades `target` with `token` as a bearer token, or with `protocol`
-    /// as `Sec-WebSocket-Protocol`.
-    async fn try_connect(
-        sim: &SimHandle,
-        target: &str,
-        token: Option<&str>,
-        protocol: Option<&str>,
-    ) -> Result<Ws, WsClientError> {
-        let mut req = awc::Client::new().ws(format!("ws://{}{target}", sim.addr()));
+/// Upgrades `target` with `token` as a bearer token, or with `protocol`
+/// as `Sec-WebSocket-Protocol`.
+async fn try_connect(
+    sim: &SimHandle,
+    target: &str,
+    token: Option<&str>,
+    protocol: Option<&str>,
+) -> Result<Ws, WsClientError> {
+    Ws::upgrade(sim, target, |mut req| {
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(p) = protocol {
             req = req.protocols([p]);
         }
-        let (resp, io) = timeout(WAIT, req.connect()).await.expect("upgrade answered in time")?;
-        let protocol = resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).map(str::to_string);
-        Ok(Ws { io: Box::new(io), protocol })
-    }
+        req
+    })
+    .await
+}
 
-    async fn open(sim: &SimHandle, target: &str) -> Ws {
-        Ws::try_connect(sim, target, Some(DEMO_MASTODON_TOKEN), None).await.expect("upgrade accepted")
-    }
+async fn open(sim: &SimHandle, target: &str) -> Ws {
+    try_connect(sim, target, Some(DEMO_MASTODON_TOKEN), None).await.expect("upgrade accepted")
+}
 
-    async fn send(&mut self, msg: Message) {
-        timeout(WAIT, self.io.send(msg)).await.expect("sent in time").expect("send");
-    }
-
-    async fn text(&mut self, text: &str) {
-        self.send(Message::Text(text.to_string().into())).await;
-    }
-
+impl Ws {
     async fn subscribe(&mut self, msg: Value) {
         self.text(&msg.to_string()).await;
-    }
-
-    /// The next frame, None at EOF, an error after a reset.
-    async fn next(&mut self) -> Option<Result<Frame, WsProtocolError>> {
-        timeout(WAIT, self.io.next()).await.expect("frame or end in time")
-    }
-
-    async fn frame(&mut self) -> Frame {
-        self.next().await.expect("a frame, not the end").expect("a valid frame")
     }
 
     /// The next frame, which must be text.
@@ -106,17 +61,6 @@ impl Ws {
         let raw = self.raw().await;
         serde_json::from_str(&raw).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {raw}"))
     }
-
-    /// The connection must end without a Close frame (the client sees 1006).
-    async fn expect_dropped(&mut self) {
-        loop {
-            match self.next().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(Frame::Close(reason))) => panic!("expected an abrupt end, got Close {reason:?}"),
-                Some(Ok(_)) => {}
-            }
-        }
-    }
 }
 
 /// An update/delete frame: its stream array, event and payload string.
@@ -130,20 +74,6 @@ fn event(frame: &Value) -> (Vec<String>, String, String) {
 
 fn s(items: &[&str]) -> Vec<String> {
     items.iter().map(|i| i.to_string()).collect()
-}
-
-/// Polls `f` until it answers (bounded by `WAIT`).
-async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let found = timeout(WAIT, async {
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 /// Waits until WebSocket `index` has exactly these subscriptions.
@@ -162,41 +92,8 @@ async fn end_of(sim: &SimHandle, attempt: u64) -> String {
     .await
 }
 
-/// A raw upgrade request. Returns the status, the head and whatever came
-/// with it after the head (the refusal's body is empty: not waiting for the
-/// server's close, which actix defers up to 1 s while the client keeps the
-/// connection).
-async fn raw_upgrade(sim: &SimHandle, target: &str, extra_headers: &str) -> (u16, String, Vec<u8>) {
-    let mut stream = timeout(WAIT, TcpStream::connect(sim.addr())).await.expect("connect in time").expect("connect");
-    let req = format!(
-        "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n",
-        sim.addr()
-    );
-    stream.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    let end = loop {
-        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = timeout(WAIT, stream.read_buf(&mut raw)).await.expect("head in time").expect("read");
-        assert!(n > 0, "EOF before head: {}", String::from_utf8_lossy(&raw));
-    };
-    let head = String::from_utf8(raw[..end].to_vec()).expect("ascii head");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
-    (status, head, raw[end..].to_vec())
-}
-
-/// A header's value from a raw head, by case-insensitive name.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
 /// A refused upgrade as B.4/B.9 describe it.
-fn assert_refusal(got: (u16, String, Vec<u8>), status: u16, message: &str) {
+fn assert_refusal(got: (u16, String, String), status: u16, message: &str) {
     let (code, head, rest) = got;
     assert_eq!(code, status, "{head}");
     assert_eq!(header(&head, "x-error-message"), Some(message), "{head}");
@@ -295,7 +192,7 @@ async fn upgrade_without_or_with_a_bad_token_is_a_plain_401() {
     assert_refusal(raw_upgrade(&sim, target, &lower).await, 401, "Invalid access token");
     let query = "/api/v1/streaming/user?access_token=nope";
     assert_refusal(raw_upgrade(&sim, query, "").await, 401, "Invalid access token");
-    match Ws::try_connect(&sim, target, Some("nope"), None).await {
+    match try_connect(&sim, target, Some("nope"), None).await {
         Err(WsClientError::InvalidResponseStatus(status)) => assert_eq!(status.as_u16(), 401),
         Err(e) => panic!("unexpected error {e:?}"),
         Ok(_) => panic!("upgrade accepted with a bad token"),
@@ -319,9 +216,9 @@ async fn upgrade_without_or_with_a_bad_token_is_a_plain_401() {
 async fn token_in_the_query_or_the_websocket_protocol_is_accepted() {
     let sim = sim_with(config()).await;
     let target = format!("/api/v1/streaming/public?stream=public&access_token={DEMO_MASTODON_TOKEN}");
-    let mut by_query = Ws::try_connect(&sim, &target, None, None).await.expect("query token accepted");
+    let mut by_query = try_connect(&sim, &target, None, None).await.expect("query token accepted");
     assert_eq!(by_query.protocol, None);
-    let mut by_protocol = Ws::try_connect(&sim, "/api/v1/streaming?stream=public", None, Some(DEMO_MASTODON_TOKEN))
+    let mut by_protocol = try_connect(&sim, "/api/v1/streaming?stream=public", None, Some(DEMO_MASTODON_TOKEN))
         .await
         .expect("protocol token accepted");
     assert_eq!(by_protocol.protocol.as_deref(), Some(DEMO_MASTODON_TOKEN));
@@ -351,7 +248,7 @@ async fn token_in_the_query_or_the_websocket_protocol_is_accepted() {
 #[actix_rt::test]
 async fn subscriptions_are_keyed_by_channel_and_events_carry_their_stream() {
     let sim = sim_with(config()).await;
-    let mut ws = Ws::open(&sim, "/api/v1/streaming").await;
+    let mut ws = open(&sim, "/api/v1/streaming").await;
     ws.subscribe(json!({"type": "subscribe", "stream": "hashtag", "tag": "RustLang"})).await;
     // The same channel spelled differently: a no-op, the echo keeps "RustLang".
     ws.subscribe(json!({"type": "subscribe", "stream": "hashtag", "tag": "#rustlang"})).await;
@@ -404,7 +301,7 @@ async fn subscriptions_are_keyed_by_channel_and_events_carry_their_stream() {
 async fn delete_payload_is_a_bare_id_and_unsubscribe_stops_events() {
     let sim = sim_with(config()).await;
     // Single-purpose, then one more subscription by message.
-    let mut ws = Ws::open(&sim, "/api/v1/streaming?stream=hashtag&tag=Foo").await;
+    let mut ws = open(&sim, "/api/v1/streaming?stream=hashtag&tag=Foo").await;
     ws.subscribe(json!({"type": "subscribe", "stream": "public:remote"})).await;
     wait_subscribed(&sim, 0, &["hashtag:foo", "public:remote"]).await;
     let p = sim.mastodon_post(&["foo"], false, false);
@@ -430,7 +327,7 @@ async fn delete_payload_is_a_bare_id_and_unsubscribe_stops_events() {
 #[actix_rt::test]
 async fn bad_requests_get_error_frames_and_junk_is_ignored() {
     let sim = sim_with(config()).await;
-    let mut ws = Ws::open(&sim, "/api/v1/streaming/").await;
+    let mut ws = open(&sim, "/api/v1/streaming/").await;
     // Ignored: invalid JSON, not an object, unknown type.
     ws.text("not json").await;
     ws.text("[1,2]").await;
@@ -471,7 +368,7 @@ async fn bad_requests_get_error_frames_and_junk_is_ignored() {
 #[actix_rt::test]
 async fn a_notification_goes_out_once_per_matching_subscription() {
     let sim = sim_with(config()).await;
-    let mut ws = Ws::open(&sim, "/api/v1/streaming?stream=user:notification").await;
+    let mut ws = open(&sim, "/api/v1/streaming?stream=user:notification").await;
     ws.subscribe(json!({"type": "subscribe", "stream": "list", "list": "2"})).await;
     ws.subscribe(json!({"type": "subscribe", "stream": "user"})).await;
     ws.subscribe(json!({"type": "subscribe", "stream": "direct"})).await;
@@ -496,7 +393,7 @@ async fn a_notification_goes_out_once_per_matching_subscription() {
 #[actix_rt::test]
 async fn a_binary_frame_closes_with_1003() {
     let sim = sim_with(config()).await;
-    let mut ws = Ws::open(&sim, "/api/v1/streaming").await;
+    let mut ws = open(&sim, "/api/v1/streaming").await;
     ws.send(Message::Binary(Bytes::from_static(b"\x00\x01"))).await;
     match ws.frame().await {
         Frame::Close(Some(reason)) => assert_eq!(reason.code, CloseCode::Unsupported),
@@ -510,7 +407,7 @@ async fn a_binary_frame_closes_with_1003() {
 async fn pings_go_out_and_a_client_without_pong_is_dropped() {
     let sim = sim_with(SimulatorConfig { ws_ping_ms: 40, ..config() }).await;
     let opened = Instant::now();
-    let mut ws = Ws::open(&sim, "/api/v1/streaming?stream=user").await;
+    let mut ws = open(&sim, "/api/v1/streaming?stream=user").await;
     // The client's own ping is answered.
     ws.send(Message::Ping(Bytes::from_static(b"hi"))).await;
     assert_eq!(ws.frame().await, Frame::Pong(Bytes::from_static(b"hi")));
@@ -531,8 +428,8 @@ async fn pings_go_out_and_a_client_without_pong_is_dropped() {
 async fn revoking_a_token_ends_sse_and_closes_websockets_without_code() {
     let tokens = vec!["tok-a".to_string(), "tok-b".to_string()];
     let sim = sim_with(SimulatorConfig { mastodon_tokens: tokens, ..config() }).await;
-    let mut a = Ws::try_connect(&sim, "/api/v1/streaming?stream=public", Some("tok-a"), None).await.expect("a");
-    let mut b = Ws::try_connect(&sim, "/api/v1/streaming?stream=public", Some("tok-b"), None).await.expect("b");
+    let mut a = try_connect(&sim, "/api/v1/streaming?stream=public", Some("tok-a"), None).await.expect("a");
+    let mut b = try_connect(&sim, "/api/v1/streaming?stream=public", Some("tok-b"), None).await.expect("b");
     let mut sse = Sse::open(&sim, "/api/v1/streaming/public", "tok-a").await;
     assert!(sim.mastodon_revoke("tok-a"));
     // B.9: the WebSocket is closed with no status code (1005) ...
@@ -557,11 +454,6 @@ async fn revoking_a_token_ends_sse_and_closes_websockets_without_code() {
 
 #[actix_rt::test]
 async fn attempt_scripts_apply_to_websockets() {
-    let script = |f: fn(&mut AttemptScript)| {
-        let mut s = AttemptScript::default();
-        f(&mut s);
-        s
-    };
     let scenario = Scenario {
         attempts: vec![
             script(|s| s.close_after = Some(1)),
@@ -583,7 +475,7 @@ async fn attempt_scripts_apply_to_websockets() {
     let target = "/api/v1/streaming?stream=public";
     // Dropped without a Close frame: a FIN (EOF), or with `reset` an RST.
     for (attempt, end) in [(0, "close_after"), (1, "reset")] {
-        let mut ws = Ws::open(&sim, target).await;
+        let mut ws = open(&sim, target).await;
         let post = sim.mastodon_post(&[], true, false);
         assert!(event(&ws.json().await).2.contains(&post.id));
         match (ws.next().await, end) {
@@ -596,13 +488,13 @@ async fn attempt_scripts_apply_to_websockets() {
         assert_eq!(end_of(&sim, attempt).await, end);
     }
     // B.9: like a revoked token's kill, a Close frame without a code.
-    let mut ws = Ws::open(&sim, target).await;
+    let mut ws = open(&sim, target).await;
     sim.mastodon_publish(2);
     assert_eq!(event(&ws.json().await).1, "update");
     assert_eq!(ws.frame().await, Frame::Close(None));
     assert_eq!(end_of(&sim, 2).await, "disconnect");
     drop(ws);
-    let mut ws = Ws::open(&sim, target).await;
+    let mut ws = open(&sim, target).await;
     sim.mastodon_publish(3);
     assert_eq!(event(&ws.json().await).1, "update");
     assert_eq!(event(&ws.json().await).1, "update");
@@ -613,7 +505,7 @@ async fn attempt_scripts_apply_to_websockets() {
         raw_upgrade(&sim, target, &format!("Authorization: Bearer {DEMO_MASTODON_TOKEN}\r\n")).await;
     assert_eq!(header(&head, "retry-after"), Some("7"), "{head}");
     assert_refusal((status, head, rest), 503, "An unexpected error occurred");
-    match Ws::try_connect(&sim, target, Some(DEMO_MASTODON_TOKEN), None).await {
+    match try_connect(&sim, target, Some(DEMO_MASTODON_TOKEN), None).await {
         Err(WsClientError::InvalidResponseStatus(status)) => assert_eq!(status.as_u16(), 401),
         Err(e) => panic!("unexpected error {e:?}"),
         Ok(_) => panic!("scripted 401 upgraded"),
@@ -623,7 +515,7 @@ async fn attempt_scripts_apply_to_websockets() {
     assert_eq!(log.iter().map(|c| c.messages_sent).collect::<Vec<_>>(), [1, 1, 1, 2, 0, 0]);
     assert!(log[5].auth_ok, "the token was fine, the script refused");
     // Then the default script: an ordinary connection.
-    let _ok = Ws::open(&sim, target).await;
+    let _ok = open(&sim, target).await;
     assert_eq!(sim.mastodon_ws_connections().len(), 5);
     sim.stop().await;
 }
@@ -633,7 +525,7 @@ async fn silence_sends_neither_events_nor_pings() {
     let scenario = Scenario::always(AttemptScript { silence_after: Some(0), silence_ms: 150, ..Default::default() });
     let sim = sim_with(SimulatorConfig { scenario, ws_ping_ms: 30, ..config() }).await;
     let opened = Instant::now();
-    let mut ws = Ws::open(&sim, "/api/v1/streaming?stream=public").await;
+    let mut ws = open(&sim, "/api/v1/streaming?stream=public").await;
     let post = sim.mastodon_post(&[], false, false);
     // Nothing for 150 ms, though a ping was due at 30: then the event, ...
     assert!(event(&ws.json().await).2.contains(&post.id));
@@ -646,7 +538,7 @@ async fn silence_sends_neither_events_nor_pings() {
 #[actix_rt::test]
 async fn updates_on_public_channels_may_arrive_after_later_deletes() {
     let sim = sim_with(SimulatorConfig { mastodon_update_delay_ms: 40, ..config() }).await;
-    let mut ws = Ws::open(&sim, "/api/v1/streaming?stream=public").await;
+    let mut ws = open(&sim, "/api/v1/streaming?stream=public").await;
     let mut sse = Sse::open(&sim, "/api/v1/streaming/public", DEMO_MASTODON_TOKEN).await;
     let mut ids = Vec::new();
     for _ in 0..10 {

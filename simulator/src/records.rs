@@ -2,7 +2,7 @@
 //! request (`ConnSlot`, read out as `ConnectionRecord`), per control call and
 //! per message written, plus the helpers every module fills them in with.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -221,4 +221,13 @@ pub(crate) fn visible_params(params: &[(String, String)], hidden: impl Fn(&str) 
 /// the log is still worth reading.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Appends `item` to a bounded log, first dropping the oldest entries so
+/// that at most `cap` (at least one) remain.
+pub(crate) fn push_capped<T>(q: &mut VecDeque<T>, item: T, cap: usize) {
+    while q.len() >= cap.max(1) {
+        q.pop_front();
+    }
+    q.push_back(item);
 }

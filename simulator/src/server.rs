@@ -1,6 +1,7 @@
 //! Starting a simulator: the loopback listener, the actix server with every
-//! route (Twitter, Mastodon WebSocket, Mastodon SSE and REST) and the test
-//! hooks (`GET /_sim/connections`, `GET /_sim/carried`, `PUT /_sim/scenario`).
+//! route (Twitter, Mastodon WebSocket, Mastodon SSE and REST, Jetstream) and
+//! the test hooks (`GET /_sim/connections`, `GET /_sim/carried`, `PUT
+//! /_sim/scenario`; Jetstream's own are in `jetstream`).
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -11,6 +12,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 
 use super::config::SimulatorConfig;
 use super::handle::SimHandle;
+use super::jetstream;
 use super::mastodon;
 use super::mastodon_ws;
 use super::scenario::Scenario;
@@ -43,6 +45,7 @@ pub async fn start(config: SimulatorConfig) -> std::io::Result<SimHandle> {
             // Before `mastodon`: its upgrade routes take precedence.
             .configure(mastodon_ws::configure)
             .configure(mastodon::configure)
+            .configure(jetstream::configure)
             .configure(hooks)
             .default_service(web::to(twitter::not_found))
     })
@@ -65,6 +68,7 @@ pub async fn start(config: SimulatorConfig) -> std::io::Result<SimHandle> {
     .run();
     let handle = server.handle();
     actix_rt::spawn(server);
+    jetstream::start_generator(&shared);
     tracing::info!(%addr, workers, "simulator listening");
     Ok(SimHandle::new(shared, handle, addr))
 }

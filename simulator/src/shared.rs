@@ -1,6 +1,7 @@
 //! The state every worker thread and stream shares (`Shared`): the settings
 //! taken from the config, the fault script and attempt counter, the logs, the
-//! site streams by id, the broadcast hub, the Mastodon state and the stop.
+//! site streams by id, the broadcast hub, the Mastodon and Jetstream state,
+//! the count of upgraded connections actix still holds and the stop.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -12,10 +13,12 @@ use tokio::sync::watch;
 
 use super::config::{SimCredentials, SimulatorConfig};
 use super::fanout::Hub;
+use super::jetstream_state;
 use super::mastodon_state;
-use super::records::{lock, ConnSlot, ConnectionRecord, ControlCall, SentMessage};
+use super::records::{lock, push_capped, ConnSlot, ConnectionRecord, ControlCall, SentMessage};
 use super::scenario::{AttemptScript, Scenario};
 use super::site::SiteConn;
+use super::ws_conn::OpenBodies;
 
 /// The connection log keeps this many records: a client in a reconnect loop
 /// with a 5000-id follow list must not grow the simulator without bound.
@@ -44,6 +47,10 @@ pub(crate) struct Shared {
     /// Shared with the broadcast generator task.
     pub(crate) hub: Arc<Hub>,
     pub(crate) mastodon: mastodon_state::State,
+    pub(crate) jetstream: jetstream_state::State,
+    /// Every WebSocket endpoint's upgraded bodies (`SimHandle::stop` waits
+    /// for none).
+    pub(crate) upgraded: Arc<OpenBodies>,
     pub(crate) stop: watch::Sender<bool>,
 }
 
@@ -65,6 +72,8 @@ impl Shared {
             sites: Mutex::new(HashMap::new()),
             hub: Arc::default(),
             mastodon: mastodon_state::State::new(config),
+            jetstream: jetstream_state::State::new(config),
+            upgraded: Arc::default(),
             stop: watch::channel(false).0,
         }
     }
@@ -89,13 +98,7 @@ impl Shared {
     pub(crate) fn open(&self, mut slot: ConnSlot) -> Arc<ConnSlot> {
         slot.serial = self.serials.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(slot);
-        {
-            let mut log = lock(&self.log);
-            if log.len() >= MAX_CONNECTION_RECORDS {
-                log.pop_front();
-            }
-            log.push_back(Arc::clone(&slot));
-        }
+        push_capped(&mut lock(&self.log), Arc::clone(&slot), MAX_CONNECTION_RECORDS);
         if matches!(slot.status, 200 | 101) {
             lock(&self.open).insert(slot.serial, Arc::clone(&slot));
         }
@@ -117,11 +120,7 @@ impl Shared {
 
     /// Logs a control-stream request, dropping the oldest beyond the bound.
     pub(crate) fn log_control(&self, call: ControlCall) {
-        let mut calls = lock(&self.control_calls);
-        while calls.len() >= MAX_CONTROL_CALLS {
-            calls.pop_front();
-        }
-        calls.push_back(call);
+        push_capped(&mut lock(&self.control_calls), call, MAX_CONTROL_CALLS);
     }
 
     /// Keeps `msg` if recording is on, dropping the oldest beyond the bound.
@@ -129,11 +128,7 @@ impl Shared {
         if self.record_sent == 0 {
             return;
         }
-        let mut sent = lock(&self.sent);
-        while sent.len() >= self.record_sent {
-            sent.pop_front();
-        }
-        sent.push_back(msg);
+        push_capped(&mut lock(&self.sent), msg, self.record_sent);
     }
 
     /// `SimHandle::connections`.

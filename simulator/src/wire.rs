@@ -272,10 +272,10 @@ pub(crate) fn prepare_reset(fd: Option<RawFd>) {
 #[allow(unsafe_code)]
 fn linger_zero(fd: RawFd) -> io::Result<()> {
     // SAFETY: `fd` is the accepted socket of the connection whose response
-    // body (an SSE or Twitter `BodyStream`, or a WebSocket's body in
-    // `mastodon_ws`) is being polled right now. actix owns it and closes it
-    // only after this poll returns, so it is open for the duration of this
-    // borrow.
+    // body (an SSE or Twitter `BodyStream`, or a WebSocket's
+    // `ws_body::WsBody`) is being polled right now. actix owns it and closes
+    // it only after this poll returns, so it is open for the duration of
+    // this borrow.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&borrowed).set_linger(Some(Duration::ZERO))
 }
