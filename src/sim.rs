@@ -33,6 +33,8 @@ mod built_in {
             keepalive_ms: config.simulator.keepalive_ms,
             scenario,
             record_sent: 0,
+            // The Jetstream firehose runs at the same pace as one stream.
+            jetstream_rate: config.simulator.rate,
             ..SimulatorConfig::default()
         };
         for source in &config.sources {
@@ -62,6 +64,7 @@ mod built_in {
                 let sim = streamherd_sim::start(SimulatorConfig {
                     listen,
                     rate,
+                    jetstream_rate: rate,
                     credentials: vec![SimCredentials::demo()],
                     scenario,
                     ..SimulatorConfig::default()

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use streamherd::config;
+use streamherd_actors::jetstream::config::JetstreamSpec;
 use streamherd_actors::mastodon::spec::MastodonSpec;
 use streamherd_actors::twitter::spec::TwitterSpec;
 
@@ -20,7 +21,7 @@ fn the_shipped_config_parses_with_every_section() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
     let c = config::load(&path, &streamherd::Registries::builtin()).unwrap();
     assert!(c.simulator.enabled);
-    assert_eq!(c.sources.len(), 4);
+    assert_eq!(c.sources.len(), 5);
     assert_eq!(c.sinks.len(), 2);
     let site = c.sources[2].as_any().downcast_ref::<TwitterSpec>().expect("site source");
     assert_eq!(site.query.follow.len(), 250, "follow_file is read relative to the config file");
@@ -29,6 +30,10 @@ fn the_shipped_config_parses_with_every_section() {
     assert_eq!(fedi.streaming_url, None, "discovered from the instance");
     assert!(fedi.catch_up.is_some());
     assert!(!format!("{fedi:?}").contains("demo-mastodon-token"), "the token never shows in Debug");
+    let bsky = c.sources[4].as_any().downcast_ref::<JetstreamSpec>().expect("jetstream source");
+    assert_eq!(bsky.hosts, ["ws://127.0.0.1:8900"]);
+    assert!(bsky.dids.is_empty(), "every DID");
+    assert_eq!(bsky.collections, ["app.bsky.feed.post", "app.bsky.graph.*"]);
 }
 
 // One test touches the process environment, so no other test races with it.

@@ -45,6 +45,7 @@ fn shipped_config_checks() {
     assert!(stdout.contains("archive (file)"), "{stdout}");
     assert!(stdout.contains("fedi (mastodon, websocket"), "{stdout}");
     assert!(stdout.contains("4 stream(s) in 1 connection(s)"), "{stdout}");
+    assert!(stdout.contains("bsky (bluesky.jetstream at ws://127.0.0.1:8900): every DID on 1 connection"), "{stdout}");
     assert!(!stdout.contains("demo-token-secret") && !stdout.contains("demo-consumer-secret"), "secrets never printed");
 }
 
@@ -71,24 +72,31 @@ fn shipped_config_prints_envelopes_and_writes_data() {
         assert_eq!(v["source"], "election", "{line}");
     }
     wait_blocking(Duration::from_secs(10), "data/ files", || {
-        ["election", "sample", "app-users", "fedi"].iter().all(|s| dir.path().join("data").join(s).is_dir())
+        ["election", "sample", "app-users", "fedi", "bsky"].iter().all(|s| dir.path().join("data").join(s).is_dir())
     });
     signal(&child, libc::SIGTERM);
     assert_eq!(wait_exit_blocking(&mut child, Duration::from_secs(20)), 0, "SIGTERM is a clean stop");
 }
 
-#[test]
-fn probe_counts_one_source_by_kind() {
-    let (dir, _) = shipped_config_copy();
+/// `streamherd probe --source NAME --seconds S` in `dir`: its exit code and stdout.
+fn probe(dir: &Path, source: &str, seconds: &str) -> (i32, String) {
     let mut child = spawn(
-        streamherd(&["probe", "--source", "sample", "--seconds", "1.5"], dir.path())
+        streamherd(&["probe", "--source", source, "--seconds", seconds], dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     );
     let mut stdout = child.stdout.take().unwrap();
-    assert_eq!(wait_exit_blocking(&mut child, Duration::from_secs(20)), 0);
+    let code = wait_exit_blocking(&mut child, Duration::from_secs(20));
     let mut out = String::new();
     stdout.read_to_string(&mut out).unwrap();
+    (code, out)
+}
+
+#[test]
+fn probe_counts_one_source_by_kind() {
+    let (dir, _) = shipped_config_copy();
+    let (code, out) = probe(dir.path(), "sample", "1.5");
+    assert_eq!(code, 0, "{out}");
     assert!(out.contains("events: ") && out.contains("  tweet: ") && out.contains("bytes: "), "{out}");
     assert!(out.contains("reconnects: 0"), "{out}");
     assert!(!dir.path().join("data").exists(), "probe writes no sinks");
@@ -97,20 +105,23 @@ fn probe_counts_one_source_by_kind() {
 #[test]
 fn probe_checks_a_mastodon_source_health_then_counts_by_kind() {
     let (dir, _) = shipped_config_copy();
-    let mut child = spawn(
-        streamherd(&["probe", "--source", "fedi", "--seconds", "1.5"], dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
-    let mut stdout = child.stdout.take().unwrap();
-    assert_eq!(wait_exit_blocking(&mut child, Duration::from_secs(20)), 0);
-    let mut out = String::new();
-    stdout.read_to_string(&mut out).unwrap();
+    let (code, out) = probe(dir.path(), "fedi", "1.5");
+    assert_eq!(code, 0, "{out}");
     let health = out.find("health: ok (OK)").unwrap_or_else(|| panic!("health line first: {out}"));
     let events = out.find("events: ").unwrap_or_else(|| panic!("{out}"));
     assert!(health < events, "{out}");
     assert!(out.contains("  update: ") && out.contains("bytes: "), "{out}");
     assert!(!out.contains("demo-mastodon-token"), "the token is never printed");
+    assert!(!dir.path().join("data").exists(), "probe writes no sinks");
+}
+
+#[test]
+fn probe_counts_a_jetstream_source_by_kind() {
+    let (dir, _) = shipped_config_copy();
+    let (code, out) = probe(dir.path(), "bsky", "1.5");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("events: ") && out.contains("  commit: ") && out.contains("bytes: "), "{out}");
+    assert!(out.contains("reconnects: 0"), "{out}");
     assert!(!dir.path().join("data").exists(), "probe writes no sinks");
 }
 
@@ -123,15 +134,8 @@ fn probe_of_an_unreachable_mastodon_host_reports_the_failed_health_check() {
         .unwrap()
         .replace("catch_up = true ", &format!("streaming_url = \"http://127.0.0.1:{port}\"\ncatch_up = true "));
     std::fs::write(&cfg, body).unwrap();
-    let mut child = spawn(
-        streamherd(&["probe", "--source", "fedi", "--seconds", "1"], dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
-    let mut stdout = child.stdout.take().unwrap();
-    assert_eq!(wait_exit_blocking(&mut child, Duration::from_secs(20)), 3);
-    let mut out = String::new();
-    stdout.read_to_string(&mut out).unwrap();
+    let (code, out) = probe(dir.path(), "fedi", "1");
+    assert_eq!(code, 3, "{out}");
     assert!(out.contains("health: FAILED") && out.contains(&port.to_string()), "{out}");
 }
 
@@ -296,7 +300,8 @@ async fn four_connections_share_one_file_without_interleaving() {
     let body = format!("follow = [{}]\nfollow_limit = 100", follows.join(","));
     let cfg = Conf::new()
         .twitter("site", "twitter.site", &sim, &body)
-        .sink("name = \"archive\"\nkind = \"file\"\npath = \"{dir}/data/all.jsonl\"\nfsync = \"never\"\nbuffer = 64")
+        // `block`: with a 64-event queue a spill would keep events for the next start.
+        .sink("name = \"archive\"\nkind = \"file\"\npath = \"{dir}/data/all.jsonl\"\nfsync = \"never\"\nbuffer = 64\nwhen_full = \"block\"")
         .write();
     let running = start_service(&cfg).await;
     let per_connection = || running.stats.snapshots().iter().map(|s| s.messages).collect::<Vec<_>>();
