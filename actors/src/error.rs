@@ -117,6 +117,11 @@ pub enum SinkError {
     /// Writing failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The destination is down or busy (a server that does not answer):
+    /// the batch is retried without limit, with capped backoff, while the
+    /// queue spills, and `/health` is degraded meanwhile.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// Any other sink-specific failure.
     #[error("{0}")]
     Other(String),

@@ -93,14 +93,20 @@ pub(crate) enum Status {
     Failed,
 }
 
+/// What degrades a sink: its spill reached `spill_max_bytes` (it holds its
+/// streams back), or its destination does not answer (it retries, spilling).
+pub(crate) enum SinkTrouble<'a> {
+    SpillFull(&'a str),
+    Unavailable(&'a str, String),
+}
+
 /// Judges the sources' health; `states` names each unhealthy connection's
-/// state and last error; `full_spills` names the sinks whose spill reached
-/// `spill_max_bytes` (they hold their streams back, which degrades). Pure, so
-/// the rules are tested without a service.
+/// state and last error; `sinks` the sinks in trouble, which degrades.
+/// Pure, so the rules are tested without a service.
 pub(crate) fn assess(
     sources: &[SourceHealth],
     states: &[ConnectionSnapshot],
-    full_spills: &[&str],
+    sinks: &[SinkTrouble<'_>],
 ) -> (Status, Vec<String>) {
     let by_id: HashMap<&str, &ConnectionSnapshot> = states.iter().map(|s| (s.id.as_str(), s)).collect();
     let mut reasons = Vec::new();
@@ -121,8 +127,13 @@ pub(crate) fn assess(
             }
         }
     }
-    for sink in full_spills {
-        reasons.push(format!("sink {sink}: its spill is full (spill_max_bytes); its streams wait for it"));
+    for trouble in sinks {
+        reasons.push(match trouble {
+            SinkTrouble::SpillFull(sink) => {
+                format!("sink {sink}: its spill is full (spill_max_bytes); its streams wait for it")
+            }
+            SinkTrouble::Unavailable(sink, why) => format!("sink {sink}: {why}; retrying, its queue spills"),
+        });
     }
     let status = if failed > 0 && live == 0 {
         Status::Failed
@@ -137,8 +148,16 @@ pub(crate) fn assess(
 /// `GET /health`: 200 when all is well, else 503 with the reasons.
 async fn health(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     let sources = state.supervisor.send(GetHealth).timeout(ASK_TIMEOUT).await?;
-    let full: Vec<&str> = state.sinks.iter().filter(|s| s.spill_full()).map(|s| s.name()).collect();
-    let (status, reasons) = assess(&sources, &state.stats.snapshots(), &full);
+    let mut troubles = Vec::new();
+    for sink in state.sinks.iter() {
+        if sink.spill_full() {
+            troubles.push(SinkTrouble::SpillFull(sink.name()));
+        }
+        if let Some(why) = sink.unavailable() {
+            troubles.push(SinkTrouble::Unavailable(sink.name(), why));
+        }
+    }
+    let (status, reasons) = assess(&sources, &state.stats.snapshots(), &troubles);
     let code = if status == Status::Ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok(HttpResponse::build(code).json(serde_json::json!({ "status": status, "sources": sources, "reasons": reasons })))
 }
@@ -386,12 +405,16 @@ mod tests {
         assert_eq!(reasons.len(), 2);
         assert_eq!(reasons[1], "b/0 failed: no reason recorded");
 
-        let (status, reasons) = assess(&[source(&["s/0"], &[], &[])], &[], &["archive"]);
+        let (status, reasons) = assess(&[source(&["s/0"], &[], &[])], &[], &[SinkTrouble::SpillFull("archive")]);
         assert_eq!(status, Status::Degraded, "a full spill holds its streams back");
         assert_eq!(
             reasons,
             vec!["sink archive: its spill is full (spill_max_bytes); its streams wait for it".to_owned()]
         );
+        let down = SinkTrouble::Unavailable("queue", "unavailable: connection refused".into());
+        let (status, reasons) = assess(&[source(&["s/0"], &[], &[])], &[], &[down]);
+        assert_eq!(status, Status::Degraded, "a sink whose destination is down degrades");
+        assert_eq!(reasons, vec!["sink queue: unavailable: connection refused; retrying, its queue spills".to_owned()]);
     }
 
     fn body(json: &str) -> Result<ChangeFollows, String> {

@@ -5,7 +5,7 @@
 //! write and flush, and acknowledges each batch only after that flush.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,12 @@ const WRITE_ATTEMPTS: u32 = 5;
 
 /// Wait before the first retry; doubled before each further one.
 const RETRY_INITIAL: Duration = Duration::from_millis(100);
+
+/// Cap of the wait between attempts while the destination is unavailable.
+const UNAVAILABLE_MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// While waiting to retry, a stop is looked for this often.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// A sink that wrote since its last flush is flushed again this long after,
 /// so time-throttled work (the file sink's batched `sync_data`) also happens
@@ -107,6 +113,8 @@ pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -
     let capacity = options.buffer.clamp(1, MAX_BUFFER);
     let arbiter = Arbiter::new().handle();
     let queued = Arc::new(AtomicUsize::new(0));
+    let unavailable = Arc::new(Mutex::new(None));
+    let stopping = Arc::new(AtomicBool::new(false));
     let actor = SinkActor {
         sink: Some(sink),
         name: options.name.clone(),
@@ -121,6 +129,8 @@ pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -
         overflow: overflow.clone(),
         connection: Arc::from(format!("sink/{}", options.name)),
         gaps_total: metrics.gaps_total.clone(),
+        unavailable: unavailable.clone(),
+        stopping: stopping.clone(),
     };
     let addr = SinkActor::start_in_arbiter(&arbiter, move |_| actor);
     Ok(SinkHandle {
@@ -139,6 +149,8 @@ pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -
             gaps_total: metrics.gaps_total,
             dropped_runs: Mutex::new(Vec::new()),
             overflow,
+            unavailable,
+            stopping,
         }),
     })
 }
@@ -181,6 +193,10 @@ struct Shared {
     dropped_runs: Mutex<Vec<DroppedRun>>,
     /// `when_full = "spill"`: the disk queue.
     overflow: Option<Arc<Overflow>>,
+    /// Why the destination is unavailable, while it is.
+    unavailable: Arc<Mutex<Option<String>>>,
+    /// Told to the actor when the service stops.
+    stopping: Arc<AtomicBool>,
 }
 
 /// Consecutive drops from one source, reported as one gap event.
@@ -365,6 +381,12 @@ impl SinkHandle {
         self.shared.overflow.as_ref().is_some_and(|o| o.full())
     }
 
+    /// Why the destination does not answer, while it does not (the sink
+    /// retries; the queue spills meanwhile).
+    pub fn unavailable(&self) -> Option<String> {
+        self.shared.unavailable.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     fn enqueue_or_drop(&self, events: Arc<[Event]>, ack: Option<&BatchAck>) {
         let shared = &*self.shared;
         let emit_gaps = shared.accepts_kind(EventKind::GAP);
@@ -465,6 +487,8 @@ impl SinkHandle {
         let shared = &*self.shared;
         // Closed first, so nothing is queued behind the final flush.
         shared.permits.close();
+        // A destination that is down is not waited for: what it holds goes to the spill.
+        shared.stopping.store(true, Ordering::Release);
         match shared.addr.send(Close).await {
             Ok(Ok(())) => tracing::info!(sink = %shared.name, "sink stopped"),
             Ok(Err(e)) => {
@@ -588,9 +612,66 @@ pub struct SinkActor {
     /// `sink/<name>`, the `connection` of this sink's gap events.
     connection: Arc<str>,
     gaps_total: Family<SourceLabel, Counter>,
+    /// Set while the destination is unavailable (shared with the handle).
+    unavailable: Arc<Mutex<Option<String>>>,
+    /// Set when the service stops: an unavailable destination is given up on.
+    stopping: Arc<AtomicBool>,
 }
 
 impl SinkActor {
+    /// Retries `events` while the destination is unavailable, with doubling
+    /// waits capped at `UNAVAILABLE_MAX_WAIT` and jitter; true once written.
+    /// A stop ends the wait: the events go to the spill (replayed at the
+    /// next start) when there is one, and are dropped and counted otherwise.
+    fn write_while_unavailable(&mut self, events: &[Event], first: SinkError) -> bool {
+        let mut delay = RETRY_INITIAL;
+        let mut error = first;
+        loop {
+            self.counters.errors.inc();
+            let was = self.unavailable.lock().unwrap_or_else(PoisonError::into_inner).replace(error.to_string());
+            if was.is_none() {
+                tracing::error!(sink = %self.name, error = %error, "sink unavailable; retrying until it answers (the queue spills meanwhile)");
+            }
+            let wait = delay.mul_f64(0.8 + 0.4 * fastrand::f64());
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                if self.stopping.load(Ordering::Acquire) {
+                    return self.give_up_at_stop(events);
+                }
+                std::thread::sleep(STOP_POLL.min(until.saturating_duration_since(Instant::now())));
+            }
+            delay = (delay * 2).min(UNAVAILABLE_MAX_WAIT);
+            let Some(sink) = self.sink.as_mut() else { return false };
+            match guarded(|| sink.write(events)) {
+                Ok(()) => {
+                    self.counters.written.inc_by(events.len() as u64);
+                    *self.unavailable.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    tracing::info!(sink = %self.name, "sink available again");
+                    return true;
+                }
+                Err(e @ SinkError::Unavailable(_)) => error = e,
+                Err(e) => {
+                    *self.unavailable.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    tracing::warn!(sink = %self.name, error = %e, "sink answers again, but refused the batch");
+                    return self.write_with_retry(events);
+                }
+            }
+        }
+    }
+
+    /// The service stops while the destination is down.
+    fn give_up_at_stop(&mut self, events: &[Event]) -> bool {
+        if let Some(overflow) = &self.overflow {
+            if let Appended::Yes { .. } = overflow.append(events, None, || false) {
+                tracing::warn!(sink = %self.name, events = events.len(), "sink unavailable at stop: the batch is kept in the spill for the next start");
+                return false;
+            }
+        }
+        self.counters.dropped.inc_by(events.len() as u64);
+        tracing::error!(sink = %self.name, dropped = events.len(), "sink unavailable at stop and no spill to keep the batch: dropped");
+        false
+    }
+
     /// Writes `events`; false when they were dropped after every attempt failed.
     fn write_with_retry(&mut self, events: &[Event]) -> bool {
         let Some(sink) = self.sink.as_mut() else {
@@ -605,6 +686,7 @@ impl SinkActor {
                     self.counters.written.inc_by(events.len() as u64);
                     return true;
                 }
+                Err(e @ SinkError::Unavailable(_)) => return self.write_while_unavailable(events, e),
                 Err(e) if attempt == WRITE_ATTEMPTS => {
                     self.counters.errors.inc();
                     self.counters.dropped.inc_by(events.len() as u64);
