@@ -1,7 +1,7 @@
 //! The one list of built-in kinds: the source kinds and the sink kinds this
 //! crate ships. A binary that adds its own registers them on top.
 
-use crate::sinks::{file, stdout, SinkRegistry};
+use crate::sinks::{file, redis, stdout, SinkRegistry};
 use crate::source::SourceRegistry;
 use crate::{jetstream, mastodon, twitter};
 
@@ -20,8 +20,8 @@ impl SourceRegistry {
 }
 
 impl SinkRegistry {
-    /// The built-in sinks: `stdout` and `file`.
+    /// The built-in sinks: `stdout`, `file` and `redis`.
     pub fn builtin() -> Self {
-        SinkRegistry::with(vec![stdout::KIND, file::KIND])
+        SinkRegistry::with(vec![stdout::KIND, file::KIND, redis::KIND])
     }
 }
