@@ -450,8 +450,12 @@ async fn a_full_spill_holds_the_stream_back_and_degrades_health() {
     let (out, reader) = fifo.drain();
     wait_for(T, "everything written once the sink is free", || lines(&out) >= 5_000).await;
     let start = std::time::Instant::now();
-    while health().await.map(|(s, _)| s) != Some(200) {
-        assert!(start.elapsed() < T, "/health did not recover");
+    loop {
+        let now = health().await;
+        if now.as_ref().map(|(s, _)| *s) == Some(200) {
+            break;
+        }
+        assert!(start.elapsed() < T, "/health did not recover: {now:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop_service(&running).await;

@@ -89,7 +89,9 @@ impl Overflow {
 
     /// Whether the spill is at its limit (the sink blocks its streams).
     pub fn full(&self) -> bool {
-        self.lock().full
+        // An empty spill is never full, whatever the last append saw.
+        let st = self.lock();
+        st.full && st.active
     }
 
     /// Appends `events` unless the spill is idle and `try_memory` finds room
@@ -98,6 +100,11 @@ impl Overflow {
     pub fn append(&self, events: &[Event], ack: Option<&BatchAck>, try_memory: impl FnOnce() -> bool) -> Appended {
         let mut st = self.lock();
         if !st.active && try_memory() {
+            // The spill drained while this producer waited: it is not full
+            // any more either (else /health would stay degraded for good).
+            if std::mem::take(&mut st.full) {
+                tracing::info!(sink = %self.sink, "the spill has room again; streams read on");
+            }
             return Appended::NotNeeded;
         }
         match st.spill.append(events) {
