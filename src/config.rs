@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use streamherd_actors::connection::backoff::BackoffConfig;
 use streamherd_actors::delivery::spill::SEGMENT_BYTES;
+use streamherd_actors::scale::Instance;
 use streamherd_actors::settings::{secs, Secret};
 use streamherd_actors::sinks::overflow::SpillOptions;
 use streamherd_actors::sinks::runtime::{SinkOptions, WhenFull};
@@ -62,6 +63,9 @@ pub struct ServiceConfig {
     pub stats_interval_s: f64,
     /// Messages longer than this are dropped with an error.
     pub max_message_bytes: usize,
+    /// `"i/N"`: this is instance i of N sharing the config; each carries the
+    /// shard keys whose stable hash falls on it.
+    pub instance: Option<String>,
 }
 
 impl Default for ServiceConfig {
@@ -72,6 +76,7 @@ impl Default for ServiceConfig {
             log_level: "info".into(),
             stats_interval_s: 10.0,
             max_message_bytes: 16 * 1024 * 1024,
+            instance: None,
         }
     }
 }
@@ -324,6 +329,10 @@ pub fn validate(file: &Path, raw: RawConfig, registries: &Registries) -> Result<
             .parse::<SocketAddr>()
             .map_err(|e| err("simulator.listen".into(), format!("not an address: {e}")))?;
     }
+    let instance = match &s.instance {
+        Some(text) => Instance::parse(text).map_err(|m| err("service.instance".into(), m))?,
+        None => Instance::ALONE,
+    };
     let backoff = backoff_config(&raw.backoff).map_err(|(k, m)| err(k, m))?;
     let default_stall = secs("backoff.stall_timeout_s", raw.backoff.stall_timeout_s).map_err(from)?;
 
@@ -359,6 +368,7 @@ pub fn validate(file: &Path, raw: RawConfig, registries: &Registries) -> Result<
             backoff: backoff.clone(),
             stall_timeout: default_stall,
             max_message_bytes: s.max_message_bytes,
+            instance,
         };
         let rest: serde_json::Map<String, serde_json::Value> =
             table.iter().filter(|(k, _)| *k != "name" && *k != "kind").map(|(k, v)| (k.clone(), v.clone())).collect();

@@ -158,6 +158,7 @@ const AUTH: &str =
 #[test]
 fn broken_configs_exit_2_naming_the_key() {
     broken("[service]\nstats_intervall_s = 5\n", "stats_intervall_s");
+    broken("[service]\ninstance = \"2/2\"\n", "service.instance");
     broken(
         &format!("[[sources]]\nname = \"a\"\nkind = \"twitter.firehose\"\ntrack = [\"x\"]\n{AUTH}\n"),
         "sources[0].kind",

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod packing;
 pub mod persist;
 pub mod planner;
+pub mod scale;
 pub mod scan;
 pub mod settings;
 pub mod sinks;

@@ -65,6 +65,10 @@ pub enum PlanError {
     /// A value in the request is not valid for this source (a malformed id).
     #[error("{0}")]
     BadValue(String),
+    /// Another instance carries these ids (`[service] instance`); send the
+    /// change there. Nothing was applied.
+    #[error("{} id(s) belong to other instances: {}", .0.len(), .0.iter().take(20).map(|(id, i)| format!("{id} on {i}")).collect::<Vec<_>>().join(", "))]
+    NotOwned(Vec<(String, String)>),
     /// Persisting the change failed; nothing was applied.
     #[error("cannot persist follows in state_dir: {0}")]
     Persist(String),

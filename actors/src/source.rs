@@ -103,9 +103,28 @@ pub struct SourceContext {
     pub stall_timeout: Duration,
     /// `[service] max_message_bytes`.
     pub max_message_bytes: usize,
+    /// `[service] instance`: which share of the shard keys this process carries.
+    pub instance: crate::scale::Instance,
 }
 
 impl SourceContext {
+    /// The context of source `index` called `name` of `kind`, with the
+    /// service's defaults (for tests and programs that build sources
+    /// without a config file).
+    pub fn new(index: usize, name: &str, kind: &'static str) -> Self {
+        SourceContext {
+            index,
+            name: name.into(),
+            kind,
+            base_dir: PathBuf::new(),
+            state_dir: PathBuf::from("state"),
+            backoff: BackoffConfig::default(),
+            stall_timeout: Duration::from_secs(90),
+            max_message_bytes: 16 * 1024 * 1024,
+            instance: crate::scale::Instance::ALONE,
+        }
+    }
+
     /// The config key of one of this source's settings, e.g. `sources[1].follow`.
     pub fn key(&self, field: &str) -> String {
         format!("sources[{}].{}", self.index, field)
@@ -304,16 +323,7 @@ mod tests {
     }
 
     fn ctx() -> SourceContext {
-        SourceContext {
-            index: 2,
-            name: "s".into(),
-            kind: "test.kind",
-            base_dir: PathBuf::new(),
-            state_dir: PathBuf::new(),
-            backoff: BackoffConfig::default(),
-            stall_timeout: Duration::from_secs(90),
-            max_message_bytes: 1 << 20,
-        }
+        SourceContext::new(2, "s", "test.kind")
     }
 
     #[test]

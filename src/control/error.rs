@@ -70,7 +70,9 @@ impl ResponseError for ApiError {
             // (too many follows for its credentials, no predicate left): the
             // same body can succeed after other changes, so it is a conflict
             // with the resource's state rather than a malformed request.
-            ApiError::Plan(PlanError::TooMany { .. } | PlanError::NoPredicate) => StatusCode::CONFLICT,
+            ApiError::Plan(PlanError::TooMany { .. } | PlanError::NoPredicate | PlanError::NotOwned(_)) => {
+                StatusCode::CONFLICT
+            }
             // Following ids on a sample stream, consolidating a filter source:
             // no state makes this request right.
             ApiError::Plan(PlanError::NotApplicable(_) | PlanError::BadValue(_)) => StatusCode::BAD_REQUEST,

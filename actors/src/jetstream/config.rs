@@ -118,12 +118,17 @@ pub struct JetstreamSpec {
     pub backoff: BackoffConfig,
     /// `[service] max_message_bytes`.
     pub max_message_bytes: usize,
+    /// What this instance carries (`[service] instance`): DIDs split by
+    /// DID; a source of every DID runs on one instance.
+    pub share: crate::scale::Share,
+    /// The config names no DID: one connection reads every DID.
+    pub every_did: bool,
 }
 
 impl JetstreamSpec {
     /// Connections the config's DIDs need.
     pub fn connections_needed(&self, dids: usize) -> usize {
-        if dids == 0 && self.dids.is_empty() {
+        if dids == 0 && self.every_did {
             1
         } else {
             dids.div_ceil(self.dids_per_connection.max(1))
@@ -205,7 +210,15 @@ pub fn parse(table: serde_json::Value, ctx: &SourceContext) -> Result<JetstreamS
             ),
         ));
     }
+    let every_did = dids.is_empty();
+    let share = if every_did {
+        ctx.instance.whole(&ctx.name)
+    } else {
+        ctx.instance.keep_owned(&ctx.name, &mut dids, String::clone)
+    };
     Ok(JetstreamSpec {
+        share,
+        every_did,
         name: ctx.name.clone(),
         hosts,
         collections: src.wanted_collections,
@@ -257,19 +270,9 @@ fn read_did_file(path: &Path) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn ctx() -> SourceContext {
-        SourceContext {
-            index: 3,
-            name: "bsky".into(),
-            kind: "bluesky.jetstream",
-            base_dir: PathBuf::new(),
-            state_dir: PathBuf::new(),
-            backoff: BackoffConfig::default(),
-            stall_timeout: Duration::from_secs(90),
-            max_message_bytes: 1 << 20,
-        }
+        SourceContext::new(3, "bsky", "bluesky.jetstream")
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl JetstreamFamily {
 
     /// Every DID: the config names none and the API added none.
     fn every_did(&self) -> bool {
-        self.spec.dids.is_empty() && self.delta.added.is_empty()
+        self.spec.every_did && self.delta.added.is_empty()
     }
 
     fn desired(&self) -> BTreeSet<String> {
@@ -190,7 +190,11 @@ impl Family for JetstreamFamily {
         }
         ctx.run_interval(FLUSH_EVERY, |p, _| p.family.flush());
         if p.family.every_did() {
-            open_shard(p, ctx, None, true);
+            if p.family.spec.share.runs_here {
+                open_shard(p, ctx, None, true);
+            } else {
+                tracing::info!(source = %p.name(), instance = %p.family.spec.share.instance, "another instance runs this source");
+            }
         } else {
             let plan = solve_site(&Assignment::new(), &p.family.desired(), p.family.spec.dids_per_connection);
             for ids in plan.open {
@@ -272,7 +276,7 @@ impl Family for JetstreamFamily {
 
     fn reload(p: &mut P, ctx: &mut Ctx<Self>, spec: JetstreamSpec) -> Result<FollowsChanged, PlanError> {
         let f = &mut p.family;
-        if spec.dids.is_empty() != f.spec.dids.is_empty() {
+        if spec.every_did != f.spec.every_did {
             return Err(PlanError::NotApplicable(format!(
                 "source `{}` switches between every DID and a DID list; restart the service to apply it",
                 f.spec.name

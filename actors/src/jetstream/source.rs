@@ -67,6 +67,9 @@ impl Source for JetstreamSpec {
             if self.compress { "on (zstd, Jetstream's dictionary)" } else { "off" },
             self.cursor_rewind.as_secs_f64()
         );
+        if let Some(line) = self.share.describe(if self.every_did { "" } else { "DIDs" }) {
+            let _ = writeln!(out, "{line}");
+        }
         if self.max_message_size_bytes > 0 {
             let _ = writeln!(
                 out,

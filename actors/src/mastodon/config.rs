@@ -125,7 +125,9 @@ pub fn parse(table: serde_json::Value, ctx: &SourceContext) -> Result<MastodonSp
             ),
         ));
     }
+    let share = ctx.instance.keep_owned(&ctx.name, &mut streams, MastodonStream::key);
     Ok(MastodonSpec {
+        share,
         name: ctx.name.clone(),
         transport,
         instance_url,

@@ -54,6 +54,9 @@ impl Source for MastodonSpec {
         for (n, chunk) in names.chunks(per).enumerate() {
             let _ = writeln!(out, "  connection {n}: {}", chunk.join(", "));
         }
+        if let Some(line) = self.share.describe("streams") {
+            let _ = writeln!(out, "{line}");
+        }
         out
     }
 

@@ -99,6 +99,8 @@ pub struct MastodonSpec {
     pub max_connections: usize,
     /// Reconnect rules.
     pub backoff: BackoffConfig,
+    /// What this instance carries (`[service] instance`): streams split by key.
+    pub share: crate::scale::Share,
 }
 
 impl MastodonSpec {

@@ -216,6 +216,11 @@ pub fn parse(
     if endpoint == TwitterEndpoint::Site && follow.is_empty() {
         return Err(ConfigError::new(key("follow"), "twitter.site needs follow ids (follow or follow_file)"));
     }
+    let share = if endpoint == TwitterEndpoint::Site {
+        ctx.instance.keep_owned(&ctx.name, &mut follow, u64::to_string)
+    } else {
+        ctx.instance.whole(&ctx.name)
+    };
     let spec = TwitterSpec {
         name: ctx.name.clone(),
         kind,
@@ -238,6 +243,7 @@ pub fn parse(
         stall_timeout: stall_timeout(&key("stall_timeout_s"), src.stall_timeout_s, ctx.stall_timeout)?,
         max_message_bytes: ctx.max_message_bytes,
         backoff: ctx.backoff.clone(),
+        share,
         update_min: secs(&key("update.min_delay_s"), src.update.min_delay_s)?,
         update_max: secs(&key("update.max_delay_s"), src.update.max_delay_s)?,
     };

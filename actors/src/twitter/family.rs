@@ -372,6 +372,10 @@ impl Family for TwitterFamily {
             }
         }
         p.family.spec.query.follow = p.family.desired_follows();
+        if !p.family.spec.share.runs_here {
+            tracing::info!(source = %p.name(), instance = %p.family.spec.share.instance, "another instance runs this source");
+            return;
+        }
         if p.family.is_site() {
             apply_site(p, ctx);
             return;
@@ -457,6 +461,20 @@ impl Family for TwitterFamily {
         let ids = |list: &[String]| list.iter().map(|t| parse_user_id(t)).collect::<Result<Vec<u64>, String>>();
         let add = ids(&msg.add).map_err(PlanError::BadValue)?;
         let remove = ids(&msg.remove).map_err(PlanError::BadValue)?;
+        let share = p.family.spec.share;
+        let elsewhere = if p.family.is_site() {
+            // Keyed as the config's ids are: their decimal digits.
+            let all: Vec<String> = add.iter().chain(&remove).map(u64::to_string).collect();
+            share.instance.not_owned(p.name(), &all)
+        } else if !share.runs_here {
+            let owner = share.instance.owner(p.name(), "").to_string();
+            msg.add.iter().chain(&msg.remove).map(|id| (id.clone(), owner.clone())).collect()
+        } else {
+            Vec::new()
+        };
+        if !elsewhere.is_empty() {
+            return Err(PlanError::NotOwned(elsewhere));
+        }
         let f = &mut p.family;
         let before: BTreeSet<u64> = f.desired_follows().into_iter().collect();
         let mut delta = f.delta.clone();

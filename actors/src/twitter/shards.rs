@@ -142,6 +142,7 @@ mod tests {
             backoff: BackoffConfig::default(),
             update_min: Duration::from_secs(120),
             update_max: Duration::from_secs(600),
+            share: crate::scale::Share::default(),
         }
     }
 

@@ -72,6 +72,10 @@ impl Source for TwitterSpec {
                 s.query.locations.len()
             );
         }
+        let what = if self.endpoint == TwitterEndpoint::Site { "follow ids" } else { "" };
+        if let Some(line) = self.share.describe(what) {
+            let _ = writeln!(out, "{line}");
+        }
         out
     }
 

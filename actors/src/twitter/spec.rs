@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::request::{OAuthCredentials, TwitterEndpoint, TwitterQuery};
 use crate::connection::backoff::BackoffConfig;
+use crate::scale::Share;
 
 /// A validated Twitter source.
 #[derive(Debug, Clone)]
@@ -36,4 +37,7 @@ pub struct TwitterSpec {
     pub update_min: Duration,
     /// Seed 002's `max_update_delay`: with one change pending, restart after this long.
     pub update_max: Duration,
+    /// What this instance carries (`[service] instance`): site streams split
+    /// their follow ids; the other streams run on one instance.
+    pub share: Share,
 }
