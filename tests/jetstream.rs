@@ -585,3 +585,42 @@ async fn consolidation_and_reloads_change_filters_live_and_lose_nothing() {
     assert_once(&envs, &sent);
     assert!(gaps(&envs).is_empty());
 }
+
+#[actix_rt::test]
+async fn a_failover_writes_the_other_hosts_copies_of_written_events_once() {
+    let first = start_sim(
+        Scenario {
+            attempts: vec![AttemptScript { close_after: Some(20), ..Default::default() }],
+            then: AttemptScript { status: Some(503), ..Default::default() },
+        },
+        0,
+        1000,
+    )
+    .await;
+    let second = start_sim(Scenario::default(), 0, 1000).await;
+    let wanted = dids(&first, 5);
+    let cfg = jetstream(Conf::new(), &[&first, &second], &format!("wanted_dids = {}", toml_list(&wanted)))
+        .file_sink("")
+        .write();
+    let running = start_service(&cfg).await;
+    wait_for(T, "connected", || connected(&running) == 1).await;
+    let before = first.jetstream_publish(&wanted, 20);
+    wait_for(T, "20 written", || sink_events(&running) >= 20).await;
+    // The second instance has the same 20 events, on its own clock, then 10 more.
+    let times: Vec<u64> = before.iter().map(|e| e.time_us).collect();
+    let copies = second.jetstream_publish_copies(&first, &times);
+    assert_eq!(copies.len(), 20);
+    assert!(copies.iter().zip(&before).all(|(c, b)| c.time_us != b.time_us && c.rev == b.rev));
+    let after = second.jetstream_publish(&wanted, 10);
+    wait_for(T, "the failover and the 10 new events", || sink_events(&running) > 30).await;
+    stop_service(&running).await;
+
+    let envs = read_envelopes(&cfg.data());
+    let expected: Vec<_> = before.iter().chain(after.iter()).cloned().collect();
+    assert_once(&envs, &expected);
+    let g = gaps(&envs);
+    assert_eq!(g.len(), 1, "{g:?}");
+    assert_eq!(g[0]["replayed"], 20, "the copies were recognised by their own keys: {}", g[0]);
+    assert_eq!(g[0]["complete"], true);
+    assert_eq!(g[0]["host"], format!("ws://{}", second.addr()));
+}

@@ -104,6 +104,17 @@ impl SimHandle {
         self.shared.jetstream.publish(0, n, round_robin(dids)).iter().map(|e| e.public()).collect()
     }
 
+    /// Appends the events of `origin` (another simulator) with these
+    /// `time_us` as this instance of the firehose sends the same events:
+    /// equal but for this simulator's own `time_us`, which is how two
+    /// Jetstream instances differ. Unknown times are skipped.
+    pub fn jetstream_publish_copies(&self, origin: &SimHandle, time_us: &[u64]) -> Vec<JetstreamEvent> {
+        let wanted: std::collections::BTreeSet<u64> = time_us.iter().copied().collect();
+        let originals: Vec<_> =
+            origin.shared.jetstream.history().into_iter().filter(|e| wanted.contains(&e.time_us)).collect();
+        self.shared.jetstream.publish_copies(&originals).iter().map(|e| e.public()).collect()
+    }
+
     /// Appends one event of a kind v1 clients do not know (`"kind":"sync"`
     /// with a `"sync":{did,rev,seq,time}` body), delivered like any other
     /// (no collection, so only the DID filter applies).

@@ -232,6 +232,17 @@ pub(crate) struct Mixer {
     open_rev: Option<u64>,
 }
 
+impl Mixer {
+    /// An event with `seq` came from another instance (a copy): later
+    /// events of this one number past it, as the firehose's seqs are global.
+    pub(crate) fn saw(&mut self, body: &Body) {
+        if let Body::Identity { seq } | Body::Account { seq } | Body::Sync { seq, .. } = body {
+            // `self.seq` is the last used: the next event takes the one after it.
+            self.seq = self.seq.max(*seq);
+        }
+    }
+}
+
 impl Default for Mixer {
     fn default() -> Self {
         Mixer { serial: 0, seq: FIRST_SEQ, open_rev: None }

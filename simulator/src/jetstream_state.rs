@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -249,6 +249,33 @@ impl State {
             let did = did_for(i);
             let time_us = h.stamp();
             let ev = Arc::new(h.mixer.event(i, did, time_us));
+            h.push(Arc::clone(&ev));
+            deliver(&mut subs, &ev);
+            out.push(ev);
+        }
+        out
+    }
+
+    /// Appends copies of `originals` as another instance of the firehose
+    /// would send them: the same events (DID, rev, record, seq), stamped
+    /// with this instance's own `time_us`.
+    pub(crate) fn publish_copies(&self, originals: &[Arc<Stored>]) -> Vec<Arc<Stored>> {
+        let mut h = lock(&self.history);
+        let mut subs = lock(&self.subscribers);
+        let mut out = Vec::with_capacity(originals.len());
+        for o in originals {
+            h.mixer.saw(&o.body);
+            let time_us = h.stamp();
+            let old = format!("\"time_us\":{},", o.time_us);
+            let new = format!("\"time_us\":{time_us},");
+            let json = String::from_utf8_lossy(&o.json).replacen(&old, &new, 1);
+            let ev = Arc::new(Stored {
+                time_us,
+                did: Arc::clone(&o.did),
+                body: o.body.clone(),
+                json: Bytes::from(json),
+                zstd: OnceLock::new(),
+            });
             h.push(Arc::clone(&ev));
             deliver(&mut subs, &ev);
             out.push(ev);
