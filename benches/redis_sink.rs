@@ -28,8 +28,10 @@ impl Drop for Child {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn events(corpus: &Corpus) -> Vec<Event> {
@@ -49,36 +51,37 @@ fn events(corpus: &Corpus) -> Vec<Event> {
         .collect()
 }
 
-fn flushall(url: &str) {
-    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
-    redis::cmd("FLUSHALL").query::<()>(&mut c).unwrap();
+fn flushall(url: &str) -> Result<()> {
+    let mut c = redis::Client::open(url)?.get_connection()?;
+    redis::cmd("FLUSHALL").query::<()>(&mut c)?;
+    Ok(())
 }
 
 /// The baseline: raw pipelined XADDs of the payloads, nothing else.
-fn raw(url: &str, events: &[Event]) -> Duration {
-    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+fn raw(url: &str, events: &[Event]) -> Result<Duration> {
+    let mut c = redis::Client::open(url)?.get_connection()?;
     let start = Instant::now();
     for chunk in events.chunks(PIPELINE) {
         let mut pipe = redis::pipe();
         for e in chunk {
             pipe.cmd("XADD").arg("raw").arg("*").arg("payload").arg(&e.payload[..]).ignore();
         }
-        pipe.query::<()>(&mut c).unwrap();
+        pipe.query::<()>(&mut c)?;
     }
-    start.elapsed()
+    Ok(start.elapsed())
 }
 
 /// The sink as the service builds it, handed batches as the runtime hands them.
-fn sink(url: &str, events: &[Event]) -> Duration {
+fn sink(url: &str, events: &[Event]) -> Result<Duration> {
     let ctx = SinkBuildContext { name: "queue".into(), index: 0, state_dir: std::env::temp_dir() };
     let settings = serde_json::json!({ "url": url, "pipeline": PIPELINE, "maxlen": 0 });
-    let mut sink = (SinkRegistry::builtin().get("redis").unwrap().build)(settings, &ctx).unwrap();
+    let mut sink = (SinkRegistry::builtin().get("redis")?.build)(settings, &ctx)?;
     let start = Instant::now();
     for batch in events.chunks(BATCH) {
-        sink.write(batch).unwrap();
+        sink.write(batch)?;
     }
-    sink.flush().unwrap();
-    start.elapsed()
+    sink.flush()?;
+    Ok(start.elapsed())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -86,31 +89,33 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    let port = free_port();
+fn main() -> Result<()> {
+    let port = free_port()?;
     let Ok(server) = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .spawn()
     else {
         eprintln!("redis-server is not installed (apt-get install -y redis-server); skipping");
-        return;
+        return Ok(());
     };
     let _server = Child(server);
     let url = format!("redis://127.0.0.1:{port}/");
     let start = Instant::now();
-    while redis::Client::open(url.as_str()).unwrap().get_connection().is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "redis-server did not start");
+    while redis::Client::open(url.as_str())?.get_connection().is_err() {
+        if start.elapsed() > Duration::from_secs(20) {
+            return Err("redis-server did not start within 20 s".into());
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     let events = events(&Corpus::new());
     let bytes: usize = events.iter().map(|e| e.payload.len()).sum();
     let (mut base, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        flushall(&url);
-        base.push(EVENTS as f64 / raw(&url, &events).as_secs_f64());
-        flushall(&url);
-        ours.push(EVENTS as f64 / sink(&url, &events).as_secs_f64());
+        flushall(&url)?;
+        base.push(EVENTS as f64 / raw(&url, &events)?.as_secs_f64());
+        flushall(&url)?;
+        ours.push(EVENTS as f64 / sink(&url, &events)?.as_secs_f64());
     }
     let (base, ours) = (median(base), median(ours));
     println!(
@@ -129,4 +134,5 @@ fn main() {
             println!("  for scale, redis-benchmark SET of 3000 bytes, -P {PIPELINE}: {}", line.trim());
         }
     }
+    Ok(())
 }
