@@ -278,17 +278,32 @@ async fn after_sigkill_nothing_is_lost() {
     eprintln!("jetstream sigkill: {} events written for 300 sent ({} duplicates)", written.len(), written.len() - 300);
 }
 
-async fn post_follows(port: u16, body: serde_json::Value) -> serde_json::Value {
-    let mut response = awc::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .finish()
-        .post(format!("http://127.0.0.1:{port}/sources/bsky/follows"))
-        .send_json(&body)
-        .await
-        .unwrap();
+/// POST `path` on the control API (with `body` as JSON when given): the
+/// status and the answer.
+async fn post_for(port: u16, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let request =
+        awc::Client::builder().timeout(Duration::from_secs(20)).finish().post(format!("http://127.0.0.1:{port}{path}"));
+    let mut response = match body {
+        Some(body) => request.send_json(&body).await,
+        None => request.send().await,
+    }
+    .unwrap();
     let status = response.status().as_u16();
     let answer: serde_json::Value = serde_json::from_slice(&response.body().limit(1 << 20).await.unwrap()).unwrap();
+    (status, answer)
+}
+
+/// A follow change, answered 200.
+async fn post_follows(port: u16, body: serde_json::Value) -> serde_json::Value {
+    let (status, answer) = post_for(port, "/sources/bsky/follows", Some(body)).await;
     assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+/// A bodyless POST (consolidate, update), answered 200 or 202.
+async fn post(port: u16, path: &str) -> serde_json::Value {
+    let (status, answer) = post_for(port, path, None).await;
+    assert!(status == 200 || status == 202, "{status}: {answer}");
     answer
 }
 
@@ -517,14 +532,6 @@ fn check_prints_the_shard_plan() {
         "{stdout}"
     );
     assert!(stdout.contains("warning: the server skips events over 100000 bytes"), "{stdout}");
-}
-
-async fn post(port: u16, path: &str) -> serde_json::Value {
-    let mut response = awc::Client::new().post(format!("http://127.0.0.1:{port}{path}")).send().await.unwrap();
-    let status = response.status().as_u16();
-    let answer: serde_json::Value = serde_json::from_slice(&response.body().await.unwrap()).unwrap();
-    assert!(status == 200 || status == 202, "{status}: {answer}");
-    answer
 }
 
 #[actix_rt::test]
