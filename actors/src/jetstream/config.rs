@@ -125,17 +125,6 @@ pub struct JetstreamSpec {
     pub every_did: bool,
 }
 
-impl JetstreamSpec {
-    /// Connections the config's DIDs need.
-    pub fn connections_needed(&self, dids: usize) -> usize {
-        if dids == 0 && self.every_did {
-            1
-        } else {
-            dids.div_ceil(self.dids_per_connection.max(1))
-        }
-    }
-}
-
 /// Validates a Jetstream source.
 pub fn parse(table: serde_json::Value, ctx: &SourceContext) -> Result<JetstreamSpec, ConfigError> {
     let src: JetstreamTable = parse_table(table, ctx)?;
@@ -284,7 +273,7 @@ mod tests {
         assert_eq!(s.cursor_rewind, Duration::from_secs(5));
         assert_eq!(s.stall_timeout, Duration::from_secs(30));
         assert_eq!(s.failover_after, 3);
-        assert_eq!(s.connections_needed(0), 1);
+        assert!(s.every_did, "no DID named: every DID");
     }
 
     #[test]
