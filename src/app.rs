@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use anyhow::Context as _;
 use streamherd_actors::connection::stats::StatsRegistry;
+use streamherd_actors::coordination::{CoordinationSettings, Leases};
 use streamherd_actors::metrics::{Metrics, SourceKindLabels};
 use streamherd_actors::sinks::runtime::{start_sink, SinkHandle};
 use streamherd_actors::supervisor::{ReloadHook, Shutdown, StreamSupervisor};
@@ -84,12 +85,20 @@ async fn start_with(config: &Config, registries: &Registries, stop_system: bool)
     let (file, hook_registries) = (config.file.clone(), registries.clone());
     let reload: ReloadHook =
         Arc::new(move || crate::config::reload_sources(&file, &hook_registries).map_err(|e| e.to_string()));
-    let supervisor =
+    let mut supervisor =
         StreamSupervisor::new(config.sources.clone(), sinks.clone(), metrics.clone(), stats.clone(), interval)
             .state_dir(config.service.state_dir.clone())
             .reload_hook(reload)
-            .stop_system(stop_system)
-            .start();
+            .stop_system(stop_system);
+    if let Some(url) = &config.service.coordination {
+        let settings = CoordinationSettings { url: url.clone(), lease: Duration::from_millis(config.service.lease_ms) };
+        let leases = Leases::process(url, config.service.lease_buckets);
+        let (file, registries) = (config.file.clone(), registries.clone());
+        let rebuild: ReloadHook =
+            Arc::new(move || crate::config::rebuild_sources(&file, &registries).map_err(|e| e.to_string()));
+        supervisor = supervisor.coordination(settings, leases, rebuild);
+    }
+    let supervisor = supervisor.start();
     let control = match &config.control {
         None => None,
         Some(c) => {

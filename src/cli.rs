@@ -93,7 +93,13 @@ pub fn main(sources: SourceRegistry, sinks: SinkRegistry) -> ! {
         Command::Check => {
             let config = load_or_exit(&path, &registries);
             print!("{}", config::describe_plan(&config));
-            0
+            match config::check_coordination(&config) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {}: service.coordination: {e}", config.file.display());
+                    2
+                }
+            }
         }
         Command::Run => {
             let config = load_or_exit(&path, &registries);

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use streamherd_actors::connection::backoff::BackoffConfig;
+use streamherd_actors::coordination::Leases;
 use streamherd_actors::delivery::spill::SEGMENT_BYTES;
-use streamherd_actors::scale::Instance;
+use streamherd_actors::scale::{Instance, Placement};
 use streamherd_actors::settings::{secs, Secret};
 use streamherd_actors::sinks::overflow::SpillOptions;
 use streamherd_actors::sinks::runtime::{SinkOptions, WhenFull};
@@ -66,6 +67,13 @@ pub struct ServiceConfig {
     /// `"i/N"`: this is instance i of N sharing the config; each carries the
     /// shard keys whose stable hash falls on it.
     pub instance: Option<String>,
+    /// `redis://...`: instances hold the shards as leases in this Redis
+    /// (and keep stream positions there), so a dead one's shards move.
+    pub coordination: Option<String>,
+    /// How long a lease lives without renewal (renewed at a third of it).
+    pub lease_ms: u64,
+    /// Hash buckets per source: the unit a lease covers.
+    pub lease_buckets: u32,
 }
 
 impl Default for ServiceConfig {
@@ -77,6 +85,9 @@ impl Default for ServiceConfig {
             stats_interval_s: 10.0,
             max_message_bytes: 16 * 1024 * 1024,
             instance: None,
+            coordination: None,
+            lease_ms: 15_000,
+            lease_buckets: 16,
         }
     }
 }
@@ -329,9 +340,26 @@ pub fn validate(file: &Path, raw: RawConfig, registries: &Registries) -> Result<
             .parse::<SocketAddr>()
             .map_err(|e| err("simulator.listen".into(), format!("not an address: {e}")))?;
     }
-    let instance = match &s.instance {
-        Some(text) => Instance::parse(text).map_err(|m| err("service.instance".into(), m))?,
-        None => Instance::ALONE,
+    let placement = match (&s.instance, &s.coordination) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "service.coordination".into(),
+                "set either `instance` (a static split) or `coordination` (leases in Redis), not both".into(),
+            ))
+        }
+        (Some(text), None) => Placement::Static(Instance::parse(text).map_err(|m| err("service.instance".into(), m))?),
+        (None, Some(url)) => {
+            streamherd_actors::coordination::remote::check_url(url)
+                .map_err(|m| err("service.coordination".into(), m))?;
+            if s.lease_ms < 300 {
+                return Err(err("service.lease_ms".into(), "must be at least 300".into()));
+            }
+            if !(1..=1024).contains(&s.lease_buckets) {
+                return Err(err("service.lease_buckets".into(), "must be between 1 and 1024".into()));
+            }
+            Placement::Leased(Leases::process(url, s.lease_buckets))
+        }
+        (None, None) => Placement::Static(Instance::ALONE),
     };
     let backoff = backoff_config(&raw.backoff).map_err(|(k, m)| err(k, m))?;
     let default_stall = secs("backoff.stall_timeout_s", raw.backoff.stall_timeout_s).map_err(from)?;
@@ -368,7 +396,7 @@ pub fn validate(file: &Path, raw: RawConfig, registries: &Registries) -> Result<
             backoff: backoff.clone(),
             stall_timeout: default_stall,
             max_message_bytes: s.max_message_bytes,
-            instance,
+            placement: placement.clone(),
         };
         let rest: serde_json::Map<String, serde_json::Value> =
             table.iter().filter(|(k, _)| *k != "name" && *k != "kind").map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -555,6 +583,22 @@ pub fn reload_sources(file: &Path, registries: &Registries) -> Result<Vec<Arc<dy
     Ok(load(file, registries)?.sources)
 }
 
+/// The sources only, re-cut to the leases now held (`[service]
+/// coordination`): the sinks are neither re-validated nor asked whether
+/// they answer, so a sink's outage cannot hold a take-over back.
+pub fn rebuild_sources(file: &Path, registries: &Registries) -> Result<Vec<Arc<dyn Source>>, ConfigError> {
+    let mut raw = read(file)?;
+    raw.sinks.clear();
+    Ok(validate(file, raw, registries)?.sources)
+}
+
+/// `streamherd check`: whether the coordination Redis answers (when set).
+pub fn check_coordination(config: &Config) -> Result<(), String> {
+    let Some(url) = &config.service.coordination else { return Ok(()) };
+    streamherd_actors::coordination::remote::ping(url, Duration::from_secs(2))
+        .map_err(|e| format!("the coordination Redis does not answer: {e}"))
+}
+
 /// `streamherd check`'s description of what would run.
 pub fn describe_plan(config: &Config) -> String {
     use fmt::Write;
@@ -569,6 +613,15 @@ pub fn describe_plan(config: &Config) -> String {
     }
     if let Some(c) = &config.control {
         let _ = writeln!(out, "control API: {}{}", c.listen, if c.token.is_some() { " (token required)" } else { "" });
+    }
+    if let Some(url) = &config.service.coordination {
+        let _ = writeln!(
+            out,
+            "coordination: leases in {} ({} ms, {} buckets per source); shares are decided at run time",
+            streamherd_actors::coordination::remote::redacted(url),
+            config.service.lease_ms,
+            config.service.lease_buckets
+        );
     }
     let _ = writeln!(out, "sources: {}", config.sources.len());
     for src in &config.sources {

@@ -1,9 +1,15 @@
 //! Follow changes made through the control API (user ids, DIDs), kept in
-//! `state_dir/<source>/follows.json` and applied on top of the config's list
-//! at every start.
+//! `state_dir/<source>/follows.json` — or, when instances share shards
+//! through Redis, in two Redis sets every instance reads — and applied on
+//! top of the config's list at every start (and every take-over).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::coordination::remote::RedisLink;
+use crate::scale::Placement;
 
 /// Follow changes made through the API, applied on top of the config's list.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -68,6 +74,105 @@ impl<T: Ord + Clone + serde::Serialize + serde::de::DeserializeOwned> FollowDelt
     pub fn store(&self, path: &Path) -> Result<(), String> {
         let body = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
         crate::persist::write_atomically(path, &body)
+    }
+}
+
+/// Where a source's follow changes are kept.
+#[derive(Debug)]
+pub enum FollowStore {
+    /// `state_dir/<source>/follows.json`, this instance's alone.
+    File(PathBuf),
+    /// `streamherd:follows:{source}:added` and `:removed` in the
+    /// coordination Redis: each change is applied to the sets atomically,
+    /// so instances changing different ids never undo each other's.
+    Redis {
+        /// The coordination Redis.
+        link: Box<Mutex<RedisLink>>,
+        /// `streamherd:follows:{source}`.
+        key: String,
+    },
+}
+
+impl FollowStore {
+    /// The store a source of `placement` uses.
+    pub fn for_source(placement: &Placement, state_dir: &Path, source: &str) -> Result<FollowStore, String> {
+        match placement {
+            Placement::Leased(leases) => Ok(FollowStore::Redis {
+                link: Box::new(Mutex::new(RedisLink::new(leases.url(), Duration::from_millis(500))?)),
+                key: format!("streamherd:follows:{source}"),
+            }),
+            Placement::Static(_) => Ok(FollowStore::File(state_dir.join(source).join("follows.json"))),
+        }
+    }
+
+    /// Whether other instances change it too (re-read before a share change).
+    pub fn shared(&self) -> bool {
+        matches!(self, FollowStore::Redis { .. })
+    }
+
+    /// Where it is, for log lines.
+    pub fn describe(&self) -> String {
+        match self {
+            FollowStore::File(path) => path.display().to_string(),
+            FollowStore::Redis { key, .. } => format!("the coordination Redis ({key}:*)"),
+        }
+    }
+
+    /// The changes made so far.
+    pub fn load<T>(&self) -> Result<FollowDelta<T>, String>
+    where
+        T: Ord + Clone + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        match self {
+            FollowStore::File(path) => FollowDelta::load(path),
+            FollowStore::Redis { link, key } => {
+                let mut link = link.lock().map_err(|_| "follow store lock poisoned".to_owned())?;
+                let (added, removed): (Vec<String>, Vec<String>) = link.run(|c| {
+                    redis::pipe()
+                        .cmd("SMEMBERS")
+                        .arg(format!("{key}:added"))
+                        .cmd("SMEMBERS")
+                        .arg(format!("{key}:removed"))
+                        .query(c)
+                })?;
+                let parse = |list: Vec<String>| -> Result<BTreeSet<T>, String> {
+                    list.iter().map(|m| serde_json::from_str(m).map_err(|e| format!("{key}: `{m}`: {e}"))).collect()
+                };
+                Ok(FollowDelta { added: parse(added)?, removed: parse(removed)? })
+            }
+        }
+    }
+
+    /// Keeps `delta`, which is the stored one after
+    /// [`FollowDelta::change`]`(base, add, remove)`.
+    pub fn save<T>(&self, delta: &FollowDelta<T>, base: &[T], add: &[T], remove: &[T]) -> Result<(), String>
+    where
+        T: Ord + Clone + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        match self {
+            FollowStore::File(path) => delta.store(path),
+            FollowStore::Redis { link, key } => {
+                let json = |id: &T| serde_json::to_string(id).map_err(|e| e.to_string());
+                let in_config: BTreeSet<&T> = base.iter().collect();
+                let (added, removed) = (format!("{key}:added"), format!("{key}:removed"));
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for id in add {
+                    pipe.cmd("SREM").arg(&removed).arg(json(id)?).ignore();
+                    if !in_config.contains(id) {
+                        pipe.cmd("SADD").arg(&added).arg(json(id)?).ignore();
+                    }
+                }
+                for id in remove {
+                    pipe.cmd("SREM").arg(&added).arg(json(id)?).ignore();
+                    if in_config.contains(id) {
+                        pipe.cmd("SADD").arg(&removed).arg(json(id)?).ignore();
+                    }
+                }
+                let mut link = link.lock().map_err(|_| "follow store lock poisoned".to_owned())?;
+                link.run(|c| pipe.query::<()>(c))
+            }
+        }
     }
 }
 

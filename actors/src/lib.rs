@@ -10,13 +10,15 @@
 //! source registry and handle), `planner`, `supervisor`, `connection` (one
 //! connection and its transports), `delivery` (hand-off, overlap window),
 //! `sinks`, `packing` and `follow_delta` (what families share: ids into
-//! connections, follow changes kept in state_dir), and one folder per family
+//! connections, follow changes kept in state_dir), `scale` and
+//! `coordination` (instances sharing the shards), and one folder per family
 //! (`twitter`, `mastodon`, `jetstream`); `builtin` lists the kinds this
 //! crate ships.
 #![warn(missing_docs)]
 
 pub mod builtin;
 pub mod connection;
+pub mod coordination;
 pub mod delivery;
 pub mod error;
 pub mod event;

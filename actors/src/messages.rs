@@ -72,6 +72,10 @@ pub enum PlanError {
     /// Persisting the change failed; nothing was applied.
     #[error("cannot persist follows in state_dir: {0}")]
     Persist(String),
+    /// The coordination Redis (`[service] coordination`) did not answer;
+    /// nothing was applied.
+    #[error("the coordination Redis did not answer: {0}")]
+    Coordination(String),
 }
 
 /// Add and remove follows of one source (persisted in `state_dir`). Ids

@@ -24,7 +24,7 @@ use crate::messages::{
     Batch, ChangeFollows, Consolidate, Consolidated, FollowsChanged, GetSourceHealth, PlanError, SourceFailed,
     SourceHealth, StopSource, StopStream,
 };
-use crate::source::{PlannerContext, ReloadSource, SourceHandle};
+use crate::source::{PlannerContext, ReloadSource, SourceHandle, TakenOver};
 
 /// How long the old connection of a make-before-break handover keeps reading
 /// after the new one answered.
@@ -431,6 +431,52 @@ impl<F: Family> Handler<ReloadSource> for ShardPlanner<F> {
                 self.basics.name
             ))),
         }
+    }
+}
+
+impl<F: Family> Handler<TakenOver> for ShardPlanner<F> {
+    type Result = ResponseFuture<()>;
+
+    /// One `gap` event per bucket taken over, on the source's ordered path:
+    /// from the previous owner's last renewal (or release) to the take-over.
+    /// What the family can fetch again (Mastodon's catch-up) follows with
+    /// its own gap events.
+    fn handle(&mut self, msg: TakenOver, _: &mut Context<Self>) -> Self::Result {
+        let stamp = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let connection: Arc<str> = format!("{}/leases", self.basics.name).into();
+        let events: Vec<crate::event::Event> = msg
+            .0
+            .iter()
+            .map(|t| {
+                let payload = serde_json::json!({
+                    "reason": "takeover",
+                    "from": stamp(t.from),
+                    "to": stamp(t.to),
+                    "bucket": t.bucket,
+                    "previous_owner": t.previous,
+                    "released": t.released,
+                    "note": if t.released {
+                        "the previous owner let the shard go; its events up to then were written by it"
+                    } else {
+                        "the previous owner stopped renewing its lease; events it had read but not written are missing unless the family recovers them"
+                    },
+                });
+                crate::event::Event {
+                    source: self.basics.name.clone(),
+                    kind: EventKind::GAP,
+                    id: None,
+                    received_at: t.to,
+                    connection: connection.clone(),
+                    for_user: None,
+                    stream: None,
+                    payload: payload.to_string().into(),
+                }
+            })
+            .collect();
+        if let Some(counters) = &self.counters {
+            counters.gaps.inc_by(events.len() as u64);
+        }
+        Box::pin(self.handoff.deliver(events, None))
     }
 }
 

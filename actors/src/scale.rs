@@ -1,9 +1,13 @@
-//! Static scale-out (`[service] instance = "i/N"`): N instances run the same
-//! config, and each carries the shard keys (follow ids, DIDs, stream names,
-//! or a whole single-connection source) whose stable hash falls on it, so
-//! together they carry every key exactly once without talking to each other.
+//! Scale-out: N instances run the same config and split its shard keys
+//! (follow ids, DIDs, stream names, or a whole single-connection source) by
+//! a stable hash — statically (`[service] instance = "i/N"`, no talking to
+//! each other), or by the hash buckets each instance leased in Redis
+//! (`[service] coordination`), so a dead instance's keys move to the others.
 
 use std::fmt;
+use std::sync::Arc;
+
+use crate::coordination::leases::Leases;
 
 /// This process's place among the instances sharing a config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,11 +61,81 @@ impl Instance {
     }
 }
 
+/// How this process finds its share of the shard keys.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// `[service] instance = "i/N"` (or alone: `0/1`).
+    Static(Instance),
+    /// `[service] coordination`: the buckets leased in Redis.
+    Leased(Arc<Leases>),
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement::Static(Instance::ALONE)
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Placement::Static(i) => i.fmt(f),
+            Placement::Leased(l) => write!(f, "{} (leases in Redis)", l.me()),
+        }
+    }
+}
+
+impl Placement {
+    /// Whether other instances may carry part of a source.
+    pub fn shared(&self) -> bool {
+        match self {
+            Placement::Static(i) => i.shared(),
+            Placement::Leased(_) => true,
+        }
+    }
+
+    /// Whether this process carries `key` of `source`.
+    pub fn owns(&self, source: &str, key: &str) -> bool {
+        match self {
+            Placement::Static(i) => i.owns(source, key),
+            Placement::Leased(l) => l.owns(source, key),
+        }
+    }
+
+    /// Which instance carries `key` of `source` (for a 409's answer).
+    pub fn owner(&self, source: &str, key: &str) -> String {
+        match self {
+            Placement::Static(i) => i.owner(source, key).to_string(),
+            Placement::Leased(l) => l.holder(source, key),
+        }
+    }
+
+    /// Keeps the items of `items` whose key this process carries.
+    pub fn keep_owned<T>(&self, source: &str, items: &mut Vec<T>, key: impl Fn(&T) -> String) -> Share {
+        let total = items.len();
+        if self.shared() {
+            items.retain(|item| self.owns(source, &key(item)));
+        }
+        Share { placement: self.clone(), carried: items.len(), total, runs_here: !items.is_empty() || total == 0 }
+    }
+
+    /// A source that is one unit: it runs where its name falls.
+    pub fn whole(&self, source: &str) -> Share {
+        let runs_here = self.owns(source, "");
+        Share { placement: self.clone(), carried: usize::from(runs_here), total: 1, runs_here }
+    }
+
+    /// Ids of `ids` this process does not carry, with who does.
+    pub fn not_owned(&self, source: &str, ids: &[String]) -> Vec<(String, String)> {
+        ids.iter().filter(|id| !self.owns(source, id)).map(|id| (id.clone(), self.owner(source, id))).collect()
+    }
+}
+
 /// What one instance carries of one source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Share {
-    /// This instance.
-    pub instance: Instance,
+    /// How this process found its share.
+    pub placement: Placement,
     /// Keys it carries.
     pub carried: usize,
     /// Keys in the config.
@@ -70,52 +144,42 @@ pub struct Share {
     pub runs_here: bool,
 }
 
-impl Instance {
-    /// Keeps the items of `items` whose key this instance owns.
-    pub fn keep_owned<T>(&self, source: &str, items: &mut Vec<T>, key: impl Fn(&T) -> String) -> Share {
-        let total = items.len();
-        if self.shared() {
-            items.retain(|item| self.owns(source, &key(item)));
-        }
-        Share { instance: *self, carried: items.len(), total, runs_here: !items.is_empty() || total == 0 }
-    }
-
-    /// A source that is one unit: it runs where its name hashes to.
-    pub fn whole(&self, source: &str) -> Share {
-        let runs_here = self.owns(source, "");
-        Share { instance: *self, carried: usize::from(runs_here), total: 1, runs_here }
-    }
-
-    /// Ids of `ids` this instance does not own, with their owners.
-    pub fn not_owned(&self, source: &str, ids: &[String]) -> Vec<(String, String)> {
-        ids.iter()
-            .filter(|id| !self.owns(source, id))
-            .map(|id| (id.clone(), self.owner(source, id).to_string()))
-            .collect()
-    }
-}
-
 impl Share {
     /// `check`'s line about it, when instances share the config.
     pub fn describe(&self, what: &str) -> Option<String> {
-        if !self.instance.shared() {
-            return None;
-        }
+        let instance = match &self.placement {
+            Placement::Static(i) if !i.shared() => return None,
+            Placement::Static(i) => i.to_string(),
+            Placement::Leased(l) if !l.started() => {
+                return Some(format!(
+                    "  coordination: this instance ({}) carries what it leases at run time ({} buckets per source)",
+                    l.me(),
+                    l.buckets()
+                ))
+            }
+            Placement::Leased(l) => l.me().to_owned(),
+        };
         Some(if self.total == 1 && self.carried <= 1 && what.is_empty() {
             if self.runs_here {
-                format!("  instance {}: runs this source", self.instance)
+                format!("  instance {instance}: runs this source")
             } else {
-                format!("  instance {}: not here (another instance runs this source)", self.instance)
+                format!("  instance {instance}: not here (another instance runs this source)")
             }
         } else {
-            format!("  instance {}: carries {} of {} {what}", self.instance, self.carried, self.total)
+            format!("  instance {instance}: carries {} of {} {what}", self.carried, self.total)
         })
+    }
+
+    /// Whether the share is the whole source (one instance, or a
+    /// single-connection source that runs here).
+    pub fn whole_source(&self) -> bool {
+        self.total <= 1
     }
 }
 
 /// FNV-1a over `source`, a separator and `key`: the same on every machine,
 /// build and Rust version (std's hashers promise none of that).
-fn stable_hash(source: &str, key: &str) -> u64 {
+pub(crate) fn stable_hash(source: &str, key: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in source.bytes().chain([0xff]).chain(key.bytes()) {
         h ^= u64::from(b);

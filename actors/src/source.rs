@@ -103,8 +103,8 @@ pub struct SourceContext {
     pub stall_timeout: Duration,
     /// `[service] max_message_bytes`.
     pub max_message_bytes: usize,
-    /// `[service] instance`: which share of the shard keys this process carries.
-    pub instance: crate::scale::Instance,
+    /// `[service] instance` or `coordination`: which share of the shard keys this process carries.
+    pub placement: crate::scale::Placement,
 }
 
 impl SourceContext {
@@ -121,7 +121,7 @@ impl SourceContext {
             backoff: BackoffConfig::default(),
             stall_timeout: Duration::from_secs(90),
             max_message_bytes: 16 * 1024 * 1024,
-            instance: crate::scale::Instance::ALONE,
+            placement: crate::scale::Placement::default(),
         }
     }
 
@@ -202,6 +202,10 @@ pub trait Source: Send + Sync + std::fmt::Debug + 'static {
     fn name(&self) -> &str;
     /// Its `kind` name.
     fn kind(&self) -> &'static str;
+    /// What this instance carries of it (default: all of it).
+    fn share(&self) -> crate::scale::Share {
+        crate::scale::Share { carried: 1, total: 1, runs_here: true, ..Default::default() }
+    }
     /// What `streamherd check` prints for it: one line, then a line per connection.
     fn describe(&self) -> String;
     /// The credentials it presents.
@@ -233,7 +237,14 @@ pub struct SourceHandle {
     follows: Recipient<ChangeFollows>,
     consolidate: Recipient<Consolidate>,
     reload: Recipient<ReloadSource>,
+    take_over: Recipient<TakenOver>,
 }
+
+/// Shard buckets this instance took over from another (`[service]
+/// coordination`): each gets a `gap` event for the time no one carried it.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct TakenOver(pub Vec<crate::coordination::TakeOver>);
 
 impl std::fmt::Debug for SourceHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -250,7 +261,8 @@ impl SourceHandle {
             + Handler<GetSourceHealth>
             + Handler<ChangeFollows>
             + Handler<Consolidate>
-            + Handler<ReloadSource>,
+            + Handler<ReloadSource>
+            + Handler<TakenOver>,
     {
         SourceHandle {
             name,
@@ -259,7 +271,8 @@ impl SourceHandle {
             health: planner.clone().recipient(),
             follows: planner.clone().recipient(),
             consolidate: planner.clone().recipient(),
-            reload: planner.recipient(),
+            reload: planner.clone().recipient(),
+            take_over: planner.recipient(),
         }
     }
 
@@ -294,6 +307,11 @@ impl SourceHandle {
     /// Repacks into the fewest connections.
     pub async fn consolidate(&self) -> Result<Result<Consolidated, PlanError>, MailboxError> {
         self.consolidate.send(Consolidate).await
+    }
+
+    /// Writes the take-overs' gap events (in order with the source's events).
+    pub async fn taken_over(&self, takeovers: Vec<crate::coordination::TakeOver>) {
+        let _ = self.take_over.send(TakenOver(takeovers)).await;
     }
 
     /// Applies a re-read config of this source.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::connection::stats::{ConnectionState, StatsRegistry};
+use crate::coordination::{CoordinationSettings, CoordinatorHandle, Leases, Reshare};
 use crate::messages::{FollowsChanged, SourceFailed, SourceHealth};
 use crate::metrics::Metrics;
 use crate::sinks::runtime::SinkHandle;
@@ -69,6 +70,14 @@ pub struct StreamSupervisor {
     stopping: bool,
     /// Stop the actix System after the graceful stop (false in embedded uses such as `probe`).
     stop_system: bool,
+    /// What the planners were started with (kept to restart a source that
+    /// moves here or away under coordination).
+    planner_ctx: Option<PlannerContext>,
+    /// `[service] coordination`: the leases and the thread that keeps them.
+    coordination: Option<(CoordinationSettings, Arc<Leases>, ReloadHook)>,
+    coordinator: Option<CoordinatorHandle>,
+    /// Whether each source runs here (single-connection sources under coordination move whole).
+    running_here: BTreeMap<String, bool>,
 }
 
 impl StreamSupervisor {
@@ -95,7 +104,19 @@ impl StreamSupervisor {
             last_tick: (Instant::now(), 0),
             stopping: false,
             stop_system: true,
+            planner_ctx: None,
+            coordination: None,
+            coordinator: None,
+            running_here: BTreeMap::new(),
         }
+    }
+
+    /// Carry the shards whose leases this instance holds in Redis; what it
+    /// carries changes as instances come and go, and `rebuild` re-reads the
+    /// sources cut to the leases then held.
+    pub fn coordination(mut self, settings: CoordinationSettings, leases: Arc<Leases>, rebuild: ReloadHook) -> Self {
+        self.coordination = Some((settings, leases, rebuild));
+        self
     }
 
     /// Where sources keep follow changes and resume positions (default `state`).
@@ -160,6 +181,21 @@ impl Actor for StreamSupervisor {
         };
         for source in &self.sources {
             self.handles.insert(source.name().to_owned(), source.start(pctx.clone()));
+            self.running_here.insert(source.name().to_owned(), source.share().runs_here);
+        }
+        self.planner_ctx = Some(pctx);
+        if let Some((settings, leases, _)) = &self.coordination {
+            let names = self.sources.iter().map(|s| s.name().to_owned()).collect();
+            match crate::coordination::coordinator::start(settings, leases.clone(), names, ctx.address().recipient()) {
+                Ok(handle) => {
+                    tracing::info!(instance = %leases.me(), lease_ms = settings.lease.as_millis() as u64, buckets = leases.buckets(), "coordinating through leases in Redis");
+                    self.coordinator = Some(handle);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the lease thread; stopping");
+                    ctx.notify(Shutdown { exit_code: 1 });
+                }
+            }
         }
         if !self.stats_interval.is_zero() {
             ctx.run_interval(self.stats_interval, |act, _| act.stats_line());
@@ -235,6 +271,116 @@ impl Handler<ReloadSources> for StreamSupervisor {
     }
 }
 
+impl Handler<Reshare> for StreamSupervisor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    /// The leases held changed: every source is rebuilt with the new share
+    /// and applied like a `POST /update` (a single-connection source that
+    /// moved here or away is started or stopped), the take-overs' gap events
+    /// are written, and only then may the lease thread release what this
+    /// instance let go (its positions are written by then).
+    fn handle(&mut self, msg: Reshare, _: &mut Context<Self>) -> Self::Result {
+        let rebuilt = match (&self.coordination, self.stopping) {
+            (_, true) => Ok(Vec::new()),
+            (Some((_, _, rebuild)), false) => rebuild(),
+            (None, false) => Err("no config to rebuild the sources from".to_owned()),
+        };
+        let handles = self.handles.clone();
+        let retry = msg.clone();
+        Box::pin(
+            async move {
+                let sources = rebuilt?;
+                let mut restarts = Vec::new();
+                let mut failed = Vec::new();
+                for source in sources {
+                    let Some(handle) = handles.get(source.name()).filter(|h| h.kind() == source.kind()) else {
+                        continue;
+                    };
+                    let share = source.share();
+                    if share.whole_source() {
+                        // One unit: it runs wholly here or wholly elsewhere.
+                        restarts.push(source);
+                        continue;
+                    }
+                    match handle.reload(source.clone()).await {
+                        Ok(Ok(changed)) if changed.added + changed.removed > 0 => {
+                            tracing::info!(source = %source.name(), carried = share.carried, of = share.total, added = changed.added, removed = changed.removed, "share changed")
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => failed.push(format!("{}: {e}", source.name())),
+                        Err(e) => failed.push(format!("{}: {e}", source.name())),
+                    }
+                }
+                for t in &msg.takeovers {
+                    tracing::warn!(source = %t.source, bucket = t.bucket, previous = %t.previous, from = %t.from, to = %t.to, "shard taken over: writing a gap event");
+                }
+                let mut by_source: BTreeMap<String, Vec<_>> = BTreeMap::new();
+                for t in msg.takeovers {
+                    by_source.entry(t.source.clone()).or_default().push(t);
+                }
+                Ok::<_, String>((restarts, by_source, failed))
+            }
+            .into_actor(self)
+            .then(move |result, act, _| {
+                let mut restarted = Vec::new();
+                let (mut by_source, mut failed) = (BTreeMap::new(), Vec::new());
+                match result {
+                    Ok((restarts, takeovers, f)) => {
+                        by_source = takeovers;
+                        failed = f;
+                        for source in restarts {
+                            let runs_here = source.share().runs_here;
+                            let was = act.running_here.get(source.name()).copied().unwrap_or(true);
+                            if runs_here == was {
+                                continue;
+                            }
+                            if let (Some(old), Some(pctx)) = (act.handles.get(source.name()).cloned(), act.planner_ctx.clone()) {
+                                tracing::info!(source = %source.name(), runs_here, "the source moves {}", if runs_here { "here" } else { "away" });
+                                act.running_here.insert(source.name().to_owned(), runs_here);
+                                restarted.push((old, source, pctx));
+                            }
+                        }
+                    }
+                    Err(e) => failed.push(e),
+                }
+                let generation = retry.generation;
+                let handles = act.handles.clone();
+                async move {
+                    let mut started = Vec::new();
+                    for (old, source, pctx) in restarted {
+                        old.stop().await;
+                        started.push(source.start(pctx));
+                    }
+                    for (name, takeovers) in by_source {
+                        let handle = started.iter().find(|h| h.name() == name).or_else(|| handles.get(&name));
+                        if let Some(handle) = handle {
+                            handle.taken_over(takeovers).await;
+                        }
+                    }
+                    (started, failed)
+                }
+                .into_actor(act)
+                .map(move |(started, failed), act, ctx| {
+                    for handle in started {
+                        act.handles.insert(handle.name().to_owned(), handle);
+                    }
+                    if failed.is_empty() {
+                        if let Some(c) = &act.coordinator {
+                            c.applied(generation);
+                        }
+                    } else {
+                        // Keep the leases it let go until the change holds.
+                        tracing::error!(errors = ?failed, "cannot apply the new share yet; trying again in 1 s");
+                        let mut again = retry.clone();
+                        again.takeovers.clear();
+                        ctx.notify_later(again, Duration::from_secs(1));
+                    }
+                })
+            }),
+        )
+    }
+}
+
 impl Handler<Shutdown> for StreamSupervisor {
     type Result = ResponseActFuture<Self, ()>;
 
@@ -262,6 +408,10 @@ impl Handler<Shutdown> for StreamSupervisor {
             }
             .into_actor(self)
             .map(move |_, act, _| {
+                // Positions are written by now: the leases can go to the others.
+                if let Some(mut c) = act.coordinator.take() {
+                    c.stop();
+                }
                 act.stats_line();
                 for arbiter in act.arbiters.drain(..) {
                     arbiter.stop();

@@ -76,9 +76,9 @@ impl ResponseError for ApiError {
             // Following ids on a sample stream, consolidating a filter source:
             // no state makes this request right.
             ApiError::Plan(PlanError::NotApplicable(_) | PlanError::BadValue(_)) => StatusCode::BAD_REQUEST,
-            ApiError::Plan(PlanError::Persist(_)) | ApiError::ReloadFailed(_) | ApiError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ApiError::Plan(PlanError::Persist(_) | PlanError::Coordination(_))
+            | ApiError::ReloadFailed(_)
+            | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -201,9 +201,9 @@ pub fn parse(table: serde_json::Value, ctx: &SourceContext) -> Result<JetstreamS
     }
     let every_did = dids.is_empty();
     let share = if every_did {
-        ctx.instance.whole(&ctx.name)
+        ctx.placement.whole(&ctx.name)
     } else {
-        ctx.instance.keep_owned(&ctx.name, &mut dids, String::clone)
+        ctx.placement.keep_owned(&ctx.name, &mut dids, String::clone)
     };
     Ok(JetstreamSpec {
         share,

@@ -254,6 +254,85 @@ impl CursorStore {
     }
 }
 
+impl CursorStore {
+    /// Per bucket of `bucket_of` (a DID's, or `None` for a connection of
+    /// every DID), the oldest cursor among the connections carrying it, with
+    /// that cursor's instance: where a take-over of the bucket resumes.
+    pub fn by_bucket(&self, bucket_of: impl Fn(Option<&str>) -> u32) -> BTreeMap<u32, Position> {
+        let (Ok(inner), Ok(members)) = (self.inner.lock(), self.members.lock()) else { return BTreeMap::new() };
+        let mut out: BTreeMap<u32, Position> = BTreeMap::new();
+        for (index, position) in &inner.positions {
+            let buckets: BTreeSet<u32> = match members.get(index) {
+                Some(Some(dids)) => dids.iter().map(|d| bucket_of(Some(d))).collect(),
+                Some(None) => [bucket_of(None)].into(),
+                None => continue,
+            };
+            for b in buckets {
+                let older = out.get(&b).map_or(true, |p| position.cursor_us < p.cursor_us);
+                if older {
+                    out.insert(b, position.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Under `[service] coordination`: the cursors per lease bucket in the Redis
+/// hash `streamherd:positions:{source}:jetstream`, so the instance that takes
+/// a bucket over resumes its DIDs from where the last carrier's writes were
+/// acknowledged. Values are `cursor_us host`; a cursor never moves back.
+#[derive(Debug)]
+pub struct BucketCursors {
+    link: Mutex<crate::coordination::remote::RedisLink>,
+    key: String,
+}
+
+impl BucketCursors {
+    /// The cursors of `source` in the Redis at `url`.
+    pub fn new(url: &str, source: &str) -> Result<BucketCursors, String> {
+        let link = crate::coordination::remote::RedisLink::new(url, std::time::Duration::from_millis(250))?;
+        Ok(BucketCursors { link: Mutex::new(link), key: format!("streamherd:positions:{source}:jetstream") })
+    }
+
+    /// Writes `cursors` (from [`CursorStore::by_bucket`]).
+    pub fn write(&self, cursors: &BTreeMap<u32, Position>) -> Result<(), String> {
+        let pairs: Vec<String> = cursors
+            .iter()
+            .flat_map(|(b, p)| [b.to_string(), format!("{} {}", p.cursor_us, p.host.as_deref().unwrap_or(""))])
+            .collect();
+        let mut link = self.link.lock().map_err(|_| "cursor link lock poisoned".to_owned())?;
+        crate::coordination::remote::hset_if_newer(&mut link, &self.key, &pairs).map(|_| ())
+    }
+
+    /// Where `buckets` stand, those that have a cursor.
+    pub fn read(&self, buckets: &[u32]) -> Result<BTreeMap<u32, Position>, String> {
+        if buckets.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut link = self.link.lock().map_err(|_| "cursor link lock poisoned".to_owned())?;
+        let values: Vec<Option<String>> = link.run(|c| redis::cmd("HMGET").arg(&self.key).arg(buckets).query(c))?;
+        Ok(buckets
+            .iter()
+            .zip(values)
+            .filter_map(|(b, v)| {
+                let v = v?;
+                let (cursor, host) = v.split_once(' ').unwrap_or((v.as_str(), ""));
+                let host = (!host.is_empty()).then(|| host.to_owned());
+                Some((*b, Position { cursor_us: cursor.parse().ok()?, event_us: None, host }))
+            })
+            .collect())
+    }
+}
+
+impl Previous {
+    /// A previous run that left one cursor for every DID it carried (a
+    /// bucket taken over under coordination).
+    pub fn from_position(position: Position) -> Previous {
+        Previous { positions: [(0, position)].into(), members: None }
+    }
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("{}: {e}", path.display())),

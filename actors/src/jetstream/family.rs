@@ -6,22 +6,24 @@
 //! connections, and the cursors kept in `state_dir` so a restart resumes
 //! each DID where the connection that carried it stood.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use super::config::JetstreamSpec;
-use super::cursor::{CursorStore, Previous, Resume};
+use super::cursor::{BucketCursors, CursorStore, Previous, Resume};
 use super::protocol::{JetstreamConnection, JetstreamProtocol, SetFilter};
 use super::syntax::is_did;
 use crate::connection::stats::Carries;
+use crate::coordination::Leases;
 use crate::error::DisconnectCause;
-use crate::follow_delta::FollowDelta;
+use crate::follow_delta::{FollowDelta, FollowStore};
 use crate::messages::{ChangeFollows, Consolidated, FollowsChanged, PlanError};
 use crate::packing::{consolidate, solve_site, Assignment};
 use crate::planner::{Ctx, Family, ShardPlanner, HANDOVER_OVERLAP};
+use crate::scale::Placement;
 
 /// How often changed cursors are written to `state_dir`.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
@@ -41,8 +43,12 @@ pub struct JetstreamFamily {
     spec: JetstreamSpec,
     hosts: Arc<[String]>,
     delta: FollowDelta<String>,
+    /// Where `delta` is kept.
+    follow_store: Option<FollowStore>,
     store: Arc<CursorStore>,
     previous: Previous,
+    /// Under coordination: the leases and the cursors per bucket in Redis.
+    buckets: Option<(Arc<Leases>, BucketCursors)>,
 }
 
 type P = ShardPlanner<JetstreamFamily>;
@@ -54,6 +60,8 @@ impl JetstreamFamily {
             hosts: spec.hosts.clone().into(),
             spec,
             delta: FollowDelta::default(),
+            follow_store: None,
+            buckets: None,
             store: Arc::new(CursorStore::in_memory()),
             previous: Previous::default(),
         }
@@ -64,11 +72,24 @@ impl JetstreamFamily {
         self.spec.every_did && self.delta.added.is_empty()
     }
 
+    /// The config's DIDs (already cut to this instance's share) with the
+    /// API's changes, of which only those this instance carries.
     fn desired(&self) -> BTreeSet<String> {
-        self.delta.apply(&self.spec.dids).into_iter().collect()
+        let placement = &self.spec.share.placement;
+        self.delta.apply(&self.spec.dids).into_iter().filter(|d| placement.owns(&self.spec.name, d)).collect()
     }
 
     fn flush(&self) {
+        if let Some((leases, remote)) = &self.buckets {
+            let name = &self.spec.name;
+            let held = leases.held(name);
+            let mut cursors = self.store.by_bucket(|did| leases.bucket(name, did.unwrap_or("")));
+            cursors.retain(|b, _| held.contains(b));
+            if let Err(e) = remote.write(&cursors) {
+                tracing::error!(source = %name, error = %e, "cannot write Jetstream cursors to the coordination Redis");
+            }
+            return;
+        }
         if let Err(e) = self.store.flush() {
             tracing::error!(source = %self.spec.name, error = %e, "cannot write Jetstream cursors to state_dir");
         }
@@ -86,6 +107,11 @@ impl JetstreamFamily {
 /// the first write does not lose it.
 fn open_shard(p: &mut P, ctx: &mut Ctx<JetstreamFamily>, dids: Option<BTreeSet<String>>, at_start: bool) {
     let resume = if at_start { p.family.previous.resume_for(dids.as_ref()) } else { None };
+    open_resuming(p, ctx, dids, resume);
+}
+
+/// Starts a connection for `dids` that resumes at `resume` (if any).
+fn open_resuming(p: &mut P, ctx: &mut Ctx<JetstreamFamily>, dids: Option<BTreeSet<String>>, resume: Option<Resume>) {
     let members = dids.as_ref().map(|d| d.iter().cloned().collect());
     let shard = JetstreamShard { dids, resume: resume.clone(), moving: false };
     let Some(index) = p.start_shard(ctx, shard, None) else { return };
@@ -161,23 +187,70 @@ fn every_did_refusal(p: &P) -> PlanError {
     ))
 }
 
+/// Under coordination, DIDs this instance starts carrying resume from their
+/// bucket's cursor in Redis (where the previous carrier's writes were
+/// acknowledged), on connections of their own; DIDs of a bucket without a
+/// cursor join the live connections.
+fn resume_taken_over(p: &mut P, ctx: &mut Ctx<JetstreamFamily>, dids: BTreeSet<String>) -> Result<(), PlanError> {
+    let Some((leases, remote)) = &p.family.buckets else { return Ok(()) };
+    let mut by_bucket: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+    for did in dids {
+        by_bucket.entry(leases.bucket(p.name(), &did)).or_default().insert(did);
+    }
+    let buckets: Vec<u32> = by_bucket.keys().copied().collect();
+    let cursors = remote.read(&buckets).map_err(PlanError::Coordination)?;
+    let per = p.family.spec.dids_per_connection.max(1);
+    for (b, position) in cursors {
+        let Some(dids) = by_bucket.remove(&b) else { continue };
+        tracing::info!(source = %p.name(), bucket = b, dids = dids.len(), cursor_us = position.cursor_us, "resuming taken-over DIDs from the cursor in Redis");
+        let list: Vec<String> = dids.into_iter().collect();
+        for chunk in list.chunks(per) {
+            let resume = Resume { cursor_us: position.cursor_us, host: position.host.clone(), seen: None };
+            open_resuming(p, ctx, Some(chunk.iter().cloned().collect()), Some(resume));
+        }
+    }
+    Ok(())
+}
+
 impl Family for JetstreamFamily {
     type Protocol = JetstreamProtocol;
     type Shard = JetstreamShard;
     type Spec = JetstreamSpec;
 
     fn start(p: &mut P, ctx: &mut Ctx<Self>) {
-        let path = FollowDelta::<String>::path(&p.ctx.state_dir, p.name());
-        match FollowDelta::load(&path) {
-            Ok(delta) => p.family.delta = delta,
+        match FollowStore::for_source(&p.family.spec.share.placement, &p.ctx.state_dir, p.name()) {
+            Ok(store) => {
+                match store.load() {
+                    Ok(delta) => p.family.delta = delta,
+                    Err(e) => {
+                        tracing::error!(source = %p.name(), error = %e, "cannot read persisted DID changes; starting from the config")
+                    }
+                }
+                p.family.follow_store = Some(store);
+            }
             Err(e) => {
-                tracing::error!(source = %p.name(), error = %e, "cannot read persisted DID changes; starting from the config")
+                tracing::error!(source = %p.name(), error = %e, "cannot open the DID change store; changes cannot be kept")
             }
         }
-        match CursorStore::open(CursorStore::dir(&p.ctx.state_dir, p.name())) {
+        let placement = p.family.spec.share.placement.clone();
+        let opened = match &placement {
+            Placement::Leased(leases) => BucketCursors::new(leases.url(), p.name()).and_then(|remote| {
+                // A source of every DID is one bucket: resume from its cursor.
+                let previous = if p.family.every_did() {
+                    let b = leases.bucket(p.name(), "");
+                    remote.read(&[b])?.remove(&b).map(Previous::from_position).unwrap_or_default()
+                } else {
+                    Previous::default()
+                };
+                p.family.buckets = Some((leases.clone(), remote));
+                Ok((CursorStore::in_memory(), previous))
+            }),
+            Placement::Static(_) => CursorStore::open(CursorStore::dir(&p.ctx.state_dir, p.name())),
+        };
+        match opened {
             Ok((store, previous)) => {
                 if !previous.is_empty() {
-                    tracing::info!(source = %p.name(), "resuming from the cursors in state_dir");
+                    tracing::info!(source = %p.name(), "resuming from the stored cursors");
                 }
                 p.family.store = Arc::new(store);
                 p.family.previous = previous;
@@ -193,7 +266,7 @@ impl Family for JetstreamFamily {
             if p.family.spec.share.runs_here {
                 open_shard(p, ctx, None, true);
             } else {
-                tracing::info!(source = %p.name(), instance = %p.family.spec.share.instance, "another instance runs this source");
+                tracing::info!(source = %p.name(), instance = %p.family.spec.share.placement, "another instance runs this source");
             }
         } else {
             let plan = solve_site(&Assignment::new(), &p.family.desired(), p.family.spec.dids_per_connection);
@@ -265,7 +338,10 @@ impl Family for JetstreamFamily {
                 reason: format!("max_connections is {}", f.spec.max_connections),
             });
         }
-        delta.store(&FollowDelta::<String>::path(&p.ctx.state_dir, &f.spec.name)).map_err(PlanError::Persist)?;
+        match &f.follow_store {
+            Some(store) => store.save(&delta, &f.spec.dids, &msg.add, &msg.remove).map_err(PlanError::Persist)?,
+            None => return Err(PlanError::Persist("the DID change store did not open at start".into())),
+        }
         f.delta = delta;
         let added = after.difference(&before).count();
         let removed = before.difference(&after).count();
@@ -282,6 +358,11 @@ impl Family for JetstreamFamily {
                 f.spec.name
             )));
         }
+        let before = f.desired();
+        // Another instance may have changed the DIDs of the shards this one takes.
+        if let Some(store) = f.follow_store.as_ref().filter(|s| s.shared()) {
+            f.delta = store.load().map_err(PlanError::Coordination)?;
+        }
         let needed = f.delta.apply(&spec.dids).len().div_ceil(spec.dids_per_connection);
         if needed > spec.max_connections {
             return Err(PlanError::TooMany {
@@ -290,12 +371,18 @@ impl Family for JetstreamFamily {
                 reason: format!("max_connections is {}", spec.max_connections),
             });
         }
-        let before = f.desired();
         let collections_changed = spec.collections != f.spec.collections;
         f.spec.dids = spec.dids;
         f.spec.collections = spec.collections;
+        f.spec.share = spec.share;
         let after = f.desired();
         let (added, removed) = (after.difference(&before).count(), before.difference(&after).count());
+        if removed > 0 {
+            // What goes to another instance resumes there from these cursors.
+            f.flush();
+        }
+        let taken: BTreeSet<String> = after.difference(&before).cloned().collect();
+        resume_taken_over(p, ctx, taken)?;
         let mut applied = if added + removed > 0 { apply_dids(p, ctx) } else { "none" };
         if collections_changed {
             let indexes: Vec<usize> = p.shards.keys().copied().collect();

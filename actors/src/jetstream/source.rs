@@ -26,6 +26,10 @@ impl Source for JetstreamSpec {
         &self.name
     }
 
+    fn share(&self) -> crate::scale::Share {
+        self.share.clone()
+    }
+
     fn kind(&self) -> &'static str {
         JETSTREAM.name
     }

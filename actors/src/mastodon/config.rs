@@ -125,7 +125,7 @@ pub fn parse(table: serde_json::Value, ctx: &SourceContext) -> Result<MastodonSp
             ),
         ));
     }
-    let share = ctx.instance.keep_owned(&ctx.name, &mut streams, MastodonStream::key);
+    let share = ctx.placement.keep_owned(&ctx.name, &mut streams, MastodonStream::key);
     Ok(MastodonSpec {
         share,
         name: ctx.name.clone(),

@@ -57,7 +57,7 @@ impl MastodonFamily {
 
     fn flush_positions(&self) {
         if let Err(e) = self.positions.flush() {
-            tracing::error!(source = %self.spec.name, error = %e, "cannot write stream positions to state_dir");
+            tracing::error!(source = %self.spec.name, error = %e, "cannot write the stream positions");
         }
     }
 }
@@ -123,13 +123,21 @@ impl Family for MastodonFamily {
     type Spec = MastodonSpec;
 
     fn start(p: &mut P, ctx: &mut Ctx<Self>) {
-        match ResumeStore::open(ResumeStore::path(&p.ctx.state_dir, p.name())) {
+        let store = match &p.family.spec.share.placement {
+            crate::scale::Placement::Leased(leases) => ResumeStore::remote(leases.url(), p.name()),
+            crate::scale::Placement::Static(_) => ResumeStore::open(ResumeStore::path(&p.ctx.state_dir, p.name())),
+        };
+        match store {
             Ok(store) => p.family.positions = Arc::new(store),
             Err(e) => {
                 // Starting from nothing would silently skip the gap: refuse instead.
                 p.fail_source(&format!("cannot read the stream positions (fix or remove the file): {e}"));
                 return;
             }
+        }
+        let keys: Vec<String> = p.family.streams.keys().cloned().collect();
+        if let Err(e) = p.family.positions.refresh(&keys) {
+            tracing::error!(source = %p.name(), error = %e, "cannot read the stream positions from the coordination Redis; the streams start without catch-up");
         }
         ctx.run_interval(FLUSH_EVERY, |p, _| p.family.flush_positions());
         if p.family.streaming_url.is_some() {
@@ -209,7 +217,11 @@ impl Family for MastodonFamily {
         let desired: BTreeMap<String, MastodonStream> = spec.streams.into_iter().map(|s| (s.key(), s)).collect();
         let removed: Vec<String> = p.family.streams.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
         let added: Vec<String> = desired.keys().filter(|k| !p.family.streams.contains_key(*k)).cloned().collect();
+        // A stream another instance carried resumes where that one's writes
+        // were acknowledged (positions kept in Redis under coordination).
+        p.family.positions.refresh(&added).map_err(PlanError::Coordination)?;
         let old = std::mem::replace(&mut p.family.streams, desired);
+        p.family.spec.share = spec.share;
         // Removals first: they make room the additions can fill.
         let mut emptied = Vec::new();
         let mut changed = Vec::new();
@@ -243,6 +255,9 @@ impl Family for MastodonFamily {
                 }
             }
             return Err(e);
+        }
+        if !removed.is_empty() {
+            p.family.flush_positions();
         }
         let applied = if added.is_empty() && removed.is_empty() { "none" } else { "subscriptions" };
         tracing::info!(source = %p.name(), added = added.len(), removed = removed.len(), streams = p.family.streams.len(), "streams changed");

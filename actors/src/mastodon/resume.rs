@@ -1,10 +1,26 @@
 //! Where each Mastodon stream of a source stands: the newest id delivered and
-//! when, kept in `state_dir/<source>/mastodon.json` so catch-up after a
-//! reconnect or a process restart knows where to start (protocols.md B.8).
+//! when, kept in `state_dir/<source>/mastodon.json` — or, when instances
+//! share shards through Redis, in a Redis hash — so catch-up after a
+//! reconnect, a process restart or a take-over knows where to start.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::coordination::remote::RedisLink;
+
+/// One Redis round trip for positions gives up after this long.
+const REMOTE_TIMEOUT: Duration = Duration::from_millis(250);
+/// After a failed write, Redis is left alone this long (the flush runs on a
+/// thread that also reads sockets).
+const REMOTE_QUIET: Duration = Duration::from_secs(2);
+
+struct Remote {
+    link: RedisLink,
+    key: String,
+    quiet_until: Option<Instant>,
+}
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -31,6 +47,13 @@ struct Positions {
 pub struct ResumeStore {
     path: PathBuf,
     inner: Mutex<(Positions, bool)>,
+    remote: Option<Mutex<Remote>>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("key", &self.key).finish_non_exhaustive()
+    }
 }
 
 impl ResumeStore {
@@ -47,12 +70,46 @@ impl ResumeStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Positions::default(),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        Ok(ResumeStore { path, inner: Mutex::new((positions, false)) })
+        Ok(ResumeStore { path, inner: Mutex::new((positions, false)), remote: None })
     }
 
     /// A store that starts empty and is never read back (no catch-up state).
     pub fn in_memory() -> ResumeStore {
-        ResumeStore { path: PathBuf::new(), inner: Mutex::new((Positions::default(), false)) }
+        ResumeStore { path: PathBuf::new(), inner: Mutex::new((Positions::default(), false)), remote: None }
+    }
+
+    /// Positions kept in the Redis at `url` (hash `streamherd:positions:{source}:mastodon`),
+    /// shared by every instance that may carry the source's streams. Starts
+    /// empty: [`ResumeStore::refresh`] reads the streams this instance takes.
+    pub fn remote(url: &str, source: &str) -> Result<ResumeStore, String> {
+        let link = RedisLink::new(url, REMOTE_TIMEOUT)?;
+        let key = format!("streamherd:positions:{source}:mastodon");
+        Ok(ResumeStore {
+            path: PathBuf::new(),
+            inner: Mutex::new((Positions::default(), false)),
+            remote: Some(Mutex::new(Remote { link, key, quiet_until: None })),
+        })
+    }
+
+    /// Reads where `keys` stand in Redis (what their last carrier
+    /// acknowledged), before this instance starts carrying them. A store
+    /// without Redis has nothing to read.
+    pub fn refresh(&self, keys: &[String]) -> Result<(), String> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let Ok(mut remote) = remote.lock() else { return Err("position store lock poisoned".into()) };
+        let hash = remote.key.clone();
+        let values: Vec<Option<String>> = remote.link.run(|c| redis::cmd("HMGET").arg(&hash).arg(keys).query(c))?;
+        drop(remote);
+        for (key, value) in keys.iter().zip(values) {
+            let Some(value) = value else { continue };
+            let Some((id, at)) = value.split_once(' ') else { continue };
+            let Ok(at) = DateTime::parse_from_rfc3339(at) else { continue };
+            self.advance(key, id, at.with_timezone(&Utc));
+        }
+        Ok(())
     }
 
     /// Where `key` stands, if anything was delivered on it.
@@ -80,6 +137,9 @@ impl ResumeStore {
 
     /// Writes the positions when they changed since the last write.
     pub fn flush(&self) -> Result<(), String> {
+        if let Some(remote) = &self.remote {
+            return self.flush_remote(remote);
+        }
         if self.path.as_os_str().is_empty() {
             return Ok(());
         }
@@ -97,6 +157,48 @@ impl ResumeStore {
                 inner.1 = true;
             }
         })
+    }
+}
+
+impl ResumeStore {
+    fn flush_remote(&self, remote: &Mutex<Remote>) -> Result<(), String> {
+        let Ok(mut remote) = remote.lock() else { return Err("position store lock poisoned".into()) };
+        if remote.quiet_until.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        let pairs: Vec<String> = {
+            let Ok(mut inner) = self.inner.lock() else { return Err("position store lock poisoned".into()) };
+            if !inner.1 {
+                return Ok(());
+            }
+            inner.1 = false;
+            inner
+                .0
+                .streams
+                .iter()
+                .flat_map(|(k, p)| {
+                    [
+                        k.clone(),
+                        format!("{} {}", p.last_id, p.last_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                    ]
+                })
+                .collect()
+        };
+        let hash = remote.key.clone();
+        let written = crate::coordination::remote::hset_if_newer(&mut remote.link, &hash, &pairs);
+        match written {
+            Ok(_) => {
+                remote.quiet_until = None;
+                Ok(())
+            }
+            Err(e) => {
+                remote.quiet_until = Some(Instant::now() + REMOTE_QUIET);
+                if let Ok(mut inner) = self.inner.lock() {
+                    inner.1 = true;
+                }
+                Err(e)
+            }
+        }
     }
 }
 

@@ -31,6 +31,10 @@ impl Source for MastodonSpec {
         &self.name
     }
 
+    fn share(&self) -> crate::scale::Share {
+        self.share.clone()
+    }
+
     fn kind(&self) -> &'static str {
         MASTODON.name
     }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::encode::push_timestamp;
 use super::sink::{parse_settings, Sink, SinkBuildContext, SinkKind};
+use crate::coordination::remote::{redacted, scrub};
 use crate::error::SinkError;
 use crate::event::Event;
 
@@ -113,30 +114,6 @@ fn preflight(value: &serde_json::Value, ctx: &SinkBuildContext) -> Result<(), Si
     conn.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(unreachable)?;
     redis::cmd("PING").query::<String>(&mut conn).map_err(unreachable)?;
     Ok(())
-}
-
-/// The URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    match rest.rsplit_once('@') {
-        Some((auth, host)) => match auth.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => format!("{scheme}://***@{host}"),
-        },
-        None => url.to_owned(),
-    }
-}
-
-/// `message` with the URL's password cut out, should the client quote it.
-fn scrub(message: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .and_then(|(_, r)| r.rsplit_once('@'))
-        .map(|(auth, _)| auth.rsplit(':').next().unwrap_or(auth));
-    match password {
-        Some(p) if !p.is_empty() => message.replace(p, "***"),
-        _ => message.to_owned(),
-    }
 }
 
 /// Writes batches into Redis Streams.

@@ -217,9 +217,9 @@ pub fn parse(
         return Err(ConfigError::new(key("follow"), "twitter.site needs follow ids (follow or follow_file)"));
     }
     let share = if endpoint == TwitterEndpoint::Site {
-        ctx.instance.keep_owned(&ctx.name, &mut follow, u64::to_string)
+        ctx.placement.keep_owned(&ctx.name, &mut follow, u64::to_string)
     } else {
-        ctx.instance.whole(&ctx.name)
+        ctx.placement.whole(&ctx.name)
     };
     let spec = TwitterSpec {
         name: ctx.name.clone(),

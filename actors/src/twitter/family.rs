@@ -19,6 +19,7 @@ use super::request::{twitter_request, StreamRequest, TwitterEndpoint, TwitterQue
 use super::shards::{plan_shards, SITE_MAX_CONNECT_FOLLOWS};
 use super::spec::TwitterSpec;
 use crate::connection::stats::Carries;
+use crate::follow_delta::FollowStore;
 use crate::messages::{ChangeFollows, Consolidated, FollowsChanged, PlanError};
 use crate::planner::{Ctx, Family, Phase, ShardPlanner};
 
@@ -43,6 +44,8 @@ pub struct TwitterFamily {
     /// Follows from the config (`follow` + `follow_file`), before API changes.
     config_follows: Vec<u64>,
     delta: FollowDelta,
+    /// Where `delta` is kept.
+    follow_store: Option<FollowStore>,
     scheduler: UpdateScheduler,
     update_timer: Option<(SpawnHandle, Instant)>,
 }
@@ -55,6 +58,7 @@ impl TwitterFamily {
         TwitterFamily {
             config_follows: spec.query.follow.clone(),
             delta: FollowDelta::default(),
+            follow_store: None,
             scheduler: UpdateScheduler::new(spec.update_min, spec.update_max),
             update_timer: None,
             spec,
@@ -69,8 +73,15 @@ impl TwitterFamily {
         self.spec.follow_limit.max(1)
     }
 
+    /// The config's follows (already cut to this instance's share) with the
+    /// API's changes, of which only those this instance carries.
     fn desired_follows(&self) -> Vec<u64> {
-        self.delta.apply(&self.config_follows)
+        let placement = &self.spec.share.placement;
+        let mut ids = self.delta.apply(&self.config_follows);
+        if self.is_site() && placement.shared() {
+            ids.retain(|id| placement.owns(&self.spec.name, &id.to_string()));
+        }
+        ids
     }
 
     /// The request for `query`; a site connect request names at most 100 ids.
@@ -82,8 +93,12 @@ impl TwitterFamily {
         twitter_request(self.spec.endpoint, &self.spec.base_url, &q)
     }
 
-    fn persist(&self, state_dir: &std::path::Path) -> Result<(), PlanError> {
-        self.delta.store(&FollowDelta::<u64>::path(state_dir, &self.spec.name)).map_err(PlanError::Persist)
+    /// Keeps the change `add`/`remove` that made `delta`.
+    fn persist(&self, delta: &FollowDelta, add: &[u64], remove: &[u64]) -> Result<(), PlanError> {
+        match &self.follow_store {
+            Some(store) => store.save(delta, &self.config_follows, add, remove).map_err(PlanError::Persist),
+            None => Err(PlanError::Persist("the follow store did not open at start".into())),
+        }
     }
 
     /// Refuses predicates that cannot be planned, before anything changes.
@@ -359,21 +374,28 @@ impl Family for TwitterFamily {
     type Spec = TwitterSpec;
 
     fn start(p: &mut P, ctx: &mut Ctx<Self>) {
-        let path = FollowDelta::<u64>::path(&p.ctx.state_dir, p.name());
-        match FollowDelta::load(&path) {
-            Ok(delta) => {
-                if delta != FollowDelta::default() {
-                    tracing::info!(source = %p.name(), added = delta.added.len(), removed = delta.removed.len(), "follow changes restored from state_dir");
+        match FollowStore::for_source(&p.family.spec.share.placement, &p.ctx.state_dir, p.name()) {
+            Ok(store) => {
+                match store.load::<u64>() {
+                    Ok(delta) => {
+                        if delta != FollowDelta::default() {
+                            tracing::info!(source = %p.name(), added = delta.added.len(), removed = delta.removed.len(), from = %store.describe(), "follow changes restored");
+                        }
+                        p.family.delta = delta;
+                    }
+                    Err(e) => {
+                        tracing::error!(source = %p.name(), error = %e, "cannot read persisted follow changes; starting from the config")
+                    }
                 }
-                p.family.delta = delta;
+                p.family.follow_store = Some(store);
             }
             Err(e) => {
-                tracing::error!(source = %p.name(), error = %e, "cannot read persisted follow changes; starting from the config")
+                tracing::error!(source = %p.name(), error = %e, "cannot open the follow store; changes cannot be kept")
             }
         }
         p.family.spec.query.follow = p.family.desired_follows();
         if !p.family.spec.share.runs_here {
-            tracing::info!(source = %p.name(), instance = %p.family.spec.share.instance, "another instance runs this source");
+            tracing::info!(source = %p.name(), instance = %p.family.spec.share.placement, "another instance runs this source");
             return;
         }
         if p.family.is_site() {
@@ -461,13 +483,13 @@ impl Family for TwitterFamily {
         let ids = |list: &[String]| list.iter().map(|t| parse_user_id(t)).collect::<Result<Vec<u64>, String>>();
         let add = ids(&msg.add).map_err(PlanError::BadValue)?;
         let remove = ids(&msg.remove).map_err(PlanError::BadValue)?;
-        let share = p.family.spec.share;
+        let share = p.family.spec.share.clone();
         let elsewhere = if p.family.is_site() {
             // Keyed as the config's ids are: their decimal digits.
             let all: Vec<String> = add.iter().chain(&remove).map(u64::to_string).collect();
-            share.instance.not_owned(p.name(), &all)
+            share.placement.not_owned(p.name(), &all)
         } else if !share.runs_here {
-            let owner = share.instance.owner(p.name(), "").to_string();
+            let owner = share.placement.owner(p.name(), "");
             msg.add.iter().chain(&msg.remove).map(|id| (id.clone(), owner.clone())).collect()
         } else {
             Vec::new()
@@ -481,8 +503,8 @@ impl Family for TwitterFamily {
         delta.change(&f.config_follows, &add, &remove);
         let after = delta.apply(&f.config_follows);
         f.check_plannable(&after, &f.spec.query.track, &f.spec.query.locations)?;
+        f.persist(&delta, &add, &remove)?;
         f.delta = delta;
-        f.persist(&p.ctx.state_dir)?;
         Ok(apply_change(p, ctx, &before, false))
     }
 
@@ -490,9 +512,14 @@ impl Family for TwitterFamily {
         let f = &mut p.family;
         let q = spec.query;
         let before: BTreeSet<u64> = f.desired_follows().into_iter().collect();
+        // Another instance may have changed the follows of the shards this one takes.
+        if let Some(store) = f.follow_store.as_ref().filter(|s| s.shared()) {
+            f.delta = store.load().map_err(PlanError::Coordination)?;
+        }
         f.check_plannable(&f.delta.apply(&q.follow), &q.track, &q.locations)?;
         let predicates_changed = q.track != f.spec.query.track || q.locations != f.spec.query.locations;
         f.config_follows = q.follow;
+        f.spec.share = spec.share;
         f.spec.query.track = q.track;
         f.spec.query.locations = q.locations;
         Ok(apply_change(p, ctx, &before, predicates_changed))

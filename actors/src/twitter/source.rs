@@ -47,6 +47,10 @@ impl Source for TwitterSpec {
         &self.name
     }
 
+    fn share(&self) -> crate::scale::Share {
+        self.share.clone()
+    }
+
     fn kind(&self) -> &'static str {
         self.kind
     }
