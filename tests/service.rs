@@ -159,6 +159,10 @@ const AUTH: &str =
 fn broken_configs_exit_2_naming_the_key() {
     broken("[service]\nstats_intervall_s = 5\n", "stats_intervall_s");
     broken("[service]\ninstance = \"2/2\"\n", "service.instance");
+    broken("[service]\ninstance = \"0/2\"\ncoordination = \"redis://127.0.0.1:1/\"\n", "service.coordination");
+    broken("[service]\ncoordination = \"http://127.0.0.1:1/\"\n", "service.coordination");
+    broken("[service]\ncoordination = \"redis://127.0.0.1:1/\"\nlease_ms = 100\n", "service.lease_ms");
+    broken("[service]\ncoordination = \"redis://127.0.0.1:1/\"\nlease_buckets = 0\n", "service.lease_buckets");
     broken(
         &format!("[[sources]]\nname = \"a\"\nkind = \"twitter.firehose\"\ntrack = [\"x\"]\n{AUTH}\n"),
         "sources[0].kind",

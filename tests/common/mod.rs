@@ -3,6 +3,8 @@
 //! bounded waits on observable events (never sleep-and-hope).
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
