@@ -127,6 +127,17 @@ pub fn websocket_scheme(url: &str) -> String {
     }
 }
 
+/// The `host[:port]` of `url` (what shares one attempt budget): the part
+/// between `://` and the next `/`, `?` or `#`, lower-cased; `url` itself when
+/// it has no scheme.
+pub fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let host = &rest[..end];
+    // Credentials in a URL are not part of the host.
+    host.rsplit_once('@').map_or(host, |(_, h)| h).to_ascii_lowercase()
+}
+
 /// `url` on its HTTP scheme: `wss://` becomes `https://`, `ws://` becomes
 /// `http://`; anything else is returned as it is.
 pub fn http_scheme(url: &str) -> String {

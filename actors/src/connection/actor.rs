@@ -109,6 +109,13 @@ pub trait Protocol: Sized + Unpin + 'static {
 
     /// The attempt is over; `connected` says whether it had been answered.
     fn closed(&mut self, _connected: bool) {}
+
+    /// The `host[:port]` the next attempt goes to: attempts to one host
+    /// share one budget across every source and shard (empty: the source's
+    /// own budget).
+    fn host(&self) -> String {
+        String::new()
+    }
 }
 
 /// A connection's report to its planner.
@@ -284,9 +291,10 @@ impl<P: Protocol> StreamActor<P> {
             self.stats.set_state(ConnectionState::BackingOff);
         }
         let id = self.spec.id.clone();
-        let plan = self.backoff.send(PlanAttempt { connection: id.clone(), cause, was_healthy });
-        ctx.spawn(plan.into_actor(self).map(move |wait, _, ctx| {
-            let wait = wait.unwrap_or(Duration::from_secs(1));
+        let host = self.protocol.as_ref().map(Protocol::host).unwrap_or_default();
+        let plan = self.backoff.send(PlanAttempt { connection: id.clone(), cause, was_healthy, host });
+        ctx.spawn(plan.into_actor(self).map(move |at, _, ctx| {
+            let wait = at.map_or(Duration::from_secs(1), |at| at.saturating_duration_since(Instant::now()));
             tracing::debug!(connection = %id, wait_ms = wait.as_millis() as u64, "next attempt scheduled");
             ctx.run_later(wait, Self::connect);
         }));

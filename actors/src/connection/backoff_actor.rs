@@ -1,9 +1,10 @@
 //! The [`BackoffActor`], one per source: applies each connection's
 //! [`BackoffPolicy`], adds jitter, and rations connection attempts so that
-//! shards restarting together never stampede one host.
+//! shards restarting together never stampede one host: attempts to one host
+//! share one schedule across every source of the process.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -11,9 +12,11 @@ use actix::prelude::*;
 use super::backoff::{with_jitter, BackoffClass, BackoffConfig, BackoffPolicy};
 use crate::error::DisconnectCause;
 
-/// Asks for the wait before a connection's next attempt.
+/// Asks when a connection's next attempt may start (an instant, not a
+/// wait, so the time the answer takes to arrive does not shift the
+/// schedule).
 #[derive(Message, Debug)]
-#[rtype(result = "Duration")]
+#[rtype(result = "Instant")]
 pub struct PlanAttempt {
     /// Connection id.
     pub connection: Arc<str>,
@@ -21,6 +24,14 @@ pub struct PlanAttempt {
     pub cause: Option<DisconnectCause>,
     /// The previous connection stayed healthy for `reset_after`: forget the history first.
     pub was_healthy: bool,
+    /// `host[:port]` of the attempt; empty: only the source's own schedule.
+    pub host: String,
+}
+
+/// Attempt times handed out per host, shared by every source's actor.
+fn host_schedules() -> &'static Mutex<HashMap<String, BTreeSet<Instant>>> {
+    static HOSTS: OnceLock<Mutex<HashMap<String, BTreeSet<Instant>>>> = OnceLock::new();
+    HOSTS.get_or_init(Default::default)
 }
 
 /// Decides every reconnect wait of one source.
@@ -45,24 +56,22 @@ impl BackoffActor {
     }
 }
 
-impl BackoffActor {
-    /// The first time at or after `earliest` that is at least `spacing` away
-    /// from every attempt already scheduled; it is then taken.
-    fn free_slot(&mut self, now: Instant, earliest: Instant, spacing: Duration) -> Instant {
-        let horizon = now.checked_sub(spacing).unwrap_or(now);
-        self.slots = self.slots.split_off(&horizon);
-        let mut candidate = earliest;
-        loop {
-            let low = candidate.checked_sub(spacing).unwrap_or(candidate);
-            let clash = self.slots.range(low..candidate + spacing).next_back().copied();
-            match clash {
-                Some(taken) if taken + spacing > candidate => candidate = taken + spacing,
-                _ => break,
-            }
+/// The first time at or after `earliest` that is at least `spacing` away
+/// from every attempt already in `slots`; it is then taken.
+fn free_slot(slots: &mut BTreeSet<Instant>, now: Instant, earliest: Instant, spacing: Duration) -> Instant {
+    let horizon = now.checked_sub(spacing).unwrap_or(now);
+    *slots = slots.split_off(&horizon);
+    let mut candidate = earliest;
+    loop {
+        let low = candidate.checked_sub(spacing).unwrap_or(candidate);
+        let clash = slots.range(low..candidate + spacing).next_back().copied();
+        match clash {
+            Some(taken) if taken + spacing > candidate => candidate = taken + spacing,
+            _ => break,
         }
-        self.slots.insert(candidate);
-        candidate
     }
+    slots.insert(candidate);
+    candidate
 }
 
 impl Actor for BackoffActor {
@@ -85,10 +94,15 @@ impl Handler<PlanAttempt> for BackoffActor {
             }
             None => Duration::ZERO,
         };
-        // Ration attempts: each takes the next free slot of the source's rate.
+        // Ration attempts: each takes the next free slot of the host's schedule, at the source's rate.
         let now = Instant::now();
         let spacing = Duration::from_secs(1) / self.config.max_connects_per_s.max(1);
-        let slot = self.free_slot(now, now + wait, spacing);
+        let slot = if msg.host.is_empty() {
+            free_slot(&mut self.slots, now, now + wait, spacing)
+        } else {
+            let mut hosts = host_schedules().lock().unwrap_or_else(PoisonError::into_inner);
+            free_slot(hosts.entry(msg.host.clone()).or_default(), now, now + wait, spacing)
+        };
         if let Some(cause) = &msg.cause {
             let class = BackoffClass::of(cause);
             let capped = match class {
@@ -100,7 +114,7 @@ impl Handler<PlanAttempt> for BackoffActor {
                 tracing::warn!(connection = %msg.connection, ?class, wait_ms = wait.as_millis() as u64, "backoff reached its ceiling");
             }
         }
-        MessageResult(slot - now)
+        MessageResult(slot)
     }
 }
 
@@ -114,16 +128,22 @@ mod tests {
         let cfg = BackoffConfig { max_connects_per_s: 10, jitter: 0.0, ..BackoffConfig::default() };
         let addr = BackoffActor::new(cfg).start();
         let mut waits = Vec::new();
+        let start = Instant::now();
         for i in 0..5 {
             let w = addr
-                .send(PlanAttempt { connection: format!("s/{i}").into(), cause: None, was_healthy: false })
+                .send(PlanAttempt {
+                    connection: format!("s/{i}").into(),
+                    cause: None,
+                    was_healthy: false,
+                    host: String::new(),
+                })
                 .await
                 .unwrap();
-            waits.push(w);
+            waits.push(w.saturating_duration_since(start));
         }
         // 100 ms apart (allow for the time the loop itself takes)
         assert!(waits[0] < Duration::from_millis(20));
-        assert!(waits[4] >= Duration::from_millis(380) && waits[4] <= Duration::from_millis(400), "{waits:?}");
+        assert!(waits[4] >= Duration::from_millis(380) && waits[4] <= Duration::from_millis(405), "{waits:?}");
     }
 
     #[actix_rt::test]
@@ -134,12 +154,48 @@ mod tests {
             connection: c.into(),
             cause: Some(DisconnectCause::Stall),
             was_healthy: healthy,
+            host: String::new(),
         };
-        let a1 = addr.send(plan("a", false)).await.unwrap();
-        let a2 = addr.send(plan("a", false)).await.unwrap();
-        let b1 = addr.send(plan("b", false)).await.unwrap();
-        let a3 = addr.send(plan("a", true)).await.unwrap();
+        let start = Instant::now();
+        let at = |t: Instant| t.saturating_duration_since(start);
+        let a1 = at(addr.send(plan("a", false)).await.unwrap());
+        let a2 = at(addr.send(plan("a", false)).await.unwrap());
+        let b1 = at(addr.send(plan("b", false)).await.unwrap());
+        let a3 = at(addr.send(plan("a", true)).await.unwrap());
         let near = |d: Duration, ms: u64| d.as_millis().abs_diff(ms as u128) <= 5;
         assert!(near(a1, 250) && near(a2, 500) && near(b1, 250) && near(a3, 250), "{a1:?} {a2:?} {b1:?} {a3:?}");
+    }
+
+    #[actix_rt::test]
+    async fn two_sources_on_one_host_share_its_schedule_and_other_hosts_do_not_wait() {
+        let cfg = BackoffConfig { max_connects_per_s: 10, jitter: 0.0, ..BackoffConfig::default() };
+        let (a, b) = (BackoffActor::new(cfg.clone()).start(), BackoffActor::new(cfg).start());
+        let plan = |c: &str, host: &str| PlanAttempt {
+            connection: c.into(),
+            cause: None,
+            was_healthy: false,
+            host: host.into(),
+        };
+        let start = Instant::now();
+        let mut waits = Vec::new();
+        for i in 0..3 {
+            waits.push(a.send(plan(&format!("a/{i}"), "shared.test:443")).await.unwrap() - start);
+            waits.push(b.send(plan(&format!("b/{i}"), "shared.test:443")).await.unwrap() - start);
+        }
+        let mut sorted = waits.clone();
+        sorted.sort();
+        for pair in sorted.windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_millis(95), "100 ms apart across both sources: {waits:?}");
+        }
+        let elsewhere = b.send(plan("b/9", "other.test:443")).await.unwrap().saturating_duration_since(Instant::now());
+        assert!(elsewhere < Duration::from_millis(20), "another host has its own schedule: {elsewhere:?}");
+    }
+
+    #[test]
+    fn authorities_are_host_and_port() {
+        use crate::settings::authority;
+        assert_eq!(authority("https://Stream.Twitter.com/1.1/statuses/filter.json"), "stream.twitter.com");
+        assert_eq!(authority("ws://127.0.0.1:9000/subscribe?x=1"), "127.0.0.1:9000");
+        assert_eq!(authority("wss://u:p@h.example:1"), "h.example:1");
     }
 }

@@ -297,6 +297,10 @@ impl Protocol for JetstreamProtocol {
     type Notice = ();
     type Side = ();
 
+    fn host(&self) -> String {
+        crate::settings::authority(self.host_url())
+    }
+
     fn new(c: JetstreamConnection, spec: &ConnectionSpec) -> Self {
         let unzstd = if c.compress {
             match Unzstd::new(spec.max_message_bytes) {

@@ -566,6 +566,10 @@ impl Protocol for MastodonProtocol {
     type Notice = SubscriptionRejected;
     type Side = CatchUpDone;
 
+    fn host(&self) -> String {
+        crate::settings::authority(&self.spec.streaming_url)
+    }
+
     fn new(config: MastodonConnection, spec: &ConnectionSpec) -> Self {
         let wanted = config.streams.iter().map(|s| (s.key(), s.clone())).collect();
         MastodonProtocol {

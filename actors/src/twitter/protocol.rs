@@ -65,6 +65,10 @@ impl Protocol for TwitterProtocol {
     type Notice = TwitterNotice;
     type Side = ();
 
+    fn host(&self) -> String {
+        crate::settings::authority(&self.config.request.url)
+    }
+
     fn new(config: TwitterConnection, spec: &ConnectionSpec) -> Self {
         let framer = Framer::new(config.delimiting, spec.max_message_bytes);
         TwitterProtocol { config, max_message_bytes: spec.max_message_bytes, stall_timeout: spec.stall_timeout, framer }
