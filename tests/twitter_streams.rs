@@ -496,7 +496,9 @@ async fn notices_that_repeat_user_ids_are_each_written_once() {
 #[actix_rt::test]
 async fn sources_on_one_host_share_its_attempt_budget() {
     const PER_S: usize = 40;
-    let sim = start_sim(Scenario::default(), 0, 1000).await;
+    // A trickle of messages: at full speed 100 connections would fill the
+    // sink and the graceful stop would first drain the spill.
+    let sim = start_sim(Scenario::default(), 2, 1000).await;
     let ids = |from: u64| (from..from + 5_000).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     let cfg = Conf::new()
         .backoff(Some(&FAST_BACKOFF.replace("max_connects_per_s = 1000", &format!("max_connects_per_s = {PER_S}"))))
@@ -515,14 +517,8 @@ async fn sources_on_one_host_share_its_attempt_budget() {
         .unwrap_or(0);
     let spread = at[at.len() - 1] - at[0];
     eprintln!("100 site attempts over {spread:?}; the busiest second held {busiest} (budget {PER_S}/s for the host)");
-    // The schedule spaces attempts exactly (unit-tested in backoff_actor);
-    // what the simulator's log shows also carries the connect latency of a
-    // loaded 2-core machine (0-225 ms between neighbours seen), hence the
-    // margin (41-52 seen against 40). Two budgets of their own let 81
-    // through in one second.
-    assert!(busiest <= PER_S * 3 / 2, "{busiest} attempts in one second, budget {PER_S}");
+    // Two budgets of their own let 81 through in one second.
+    assert!(busiest <= PER_S, "{busiest} attempts in one second, budget {PER_S}");
     assert!(spread >= Duration::from_millis(2_400), "100 attempts at {PER_S}/s take at least 2.4 s: {spread:?}");
-    let stopping = std::time::Instant::now();
     stop_service(&running).await;
-    eprintln!("stopped in {:?}", stopping.elapsed());
 }
