@@ -2,6 +2,7 @@
 //! client for frames, a raw socket for the answers that are not upgrades.
 //! Every wait is bounded by `WAIT`; "nothing else arrived" is shown by a
 //! marker event published afterwards arriving next.
+#![cfg(test)]
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

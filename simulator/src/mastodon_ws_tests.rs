@@ -1,6 +1,7 @@
 //! Socket tests of the simulator's Mastodon WebSocket endpoint and instance
 //! discovery: awc's WebSocket client for frames, a raw socket for refused
 //! upgrades and for the SSE bytes the WebSocket payloads must match.
+#![cfg(test)]
 
 use std::time::{Duration, Instant};
 

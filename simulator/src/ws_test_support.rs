@@ -3,6 +3,7 @@
 //! with every wait bounded by `WAIT`, a raw upgrade request for the answers
 //! that are not upgrades, and polling the simulator's logs. Each endpoint's
 //! tests add their own `impl Ws` (its messages) next to them.
+#![cfg(test)]
 
 use std::time::Duration;
 
