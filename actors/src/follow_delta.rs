@@ -105,6 +105,35 @@ impl FollowStore {
         }
     }
 
+    /// Opens the store of `source` and reads its changes, logging what went
+    /// wrong: a store that cannot open leaves `None` (changes then fail
+    /// with an error), an unreadable one the config's list alone.
+    pub fn open<T>(placement: &Placement, state_dir: &Path, source: &str) -> (Option<FollowStore>, FollowDelta<T>)
+    where
+        T: Ord + Clone + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let store = match FollowStore::for_source(placement, state_dir, source) {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::error!(source, error = %e, "cannot open the follow store; changes cannot be kept");
+                return (None, FollowDelta::default());
+            }
+        };
+        let delta = match store.load::<T>() {
+            Ok(delta) => {
+                if delta != FollowDelta::default() {
+                    tracing::info!(source, added = delta.added.len(), removed = delta.removed.len(), from = %store.describe(), "follow changes restored");
+                }
+                delta
+            }
+            Err(e) => {
+                tracing::error!(source, error = %e, "cannot read persisted follow changes; starting from the config");
+                FollowDelta::default()
+            }
+        };
+        (Some(store), delta)
+    }
+
     /// Whether other instances change it too (re-read before a share change).
     pub fn shared(&self) -> bool {
         matches!(self, FollowStore::Redis { .. })

@@ -218,20 +218,8 @@ impl Family for JetstreamFamily {
     type Spec = JetstreamSpec;
 
     fn start(p: &mut P, ctx: &mut Ctx<Self>) {
-        match FollowStore::for_source(&p.family.spec.share.placement, &p.ctx.state_dir, p.name()) {
-            Ok(store) => {
-                match store.load() {
-                    Ok(delta) => p.family.delta = delta,
-                    Err(e) => {
-                        tracing::error!(source = %p.name(), error = %e, "cannot read persisted DID changes; starting from the config")
-                    }
-                }
-                p.family.follow_store = Some(store);
-            }
-            Err(e) => {
-                tracing::error!(source = %p.name(), error = %e, "cannot open the DID change store; changes cannot be kept")
-            }
-        }
+        let (store, delta) = FollowStore::open(&p.family.spec.share.placement, &p.ctx.state_dir, p.name());
+        (p.family.follow_store, p.family.delta) = (store, delta);
         let placement = p.family.spec.share.placement.clone();
         let opened = match &placement {
             Placement::Leased(leases) => BucketCursors::new(leases.url(), p.name()).and_then(|remote| {

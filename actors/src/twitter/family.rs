@@ -374,25 +374,8 @@ impl Family for TwitterFamily {
     type Spec = TwitterSpec;
 
     fn start(p: &mut P, ctx: &mut Ctx<Self>) {
-        match FollowStore::for_source(&p.family.spec.share.placement, &p.ctx.state_dir, p.name()) {
-            Ok(store) => {
-                match store.load::<u64>() {
-                    Ok(delta) => {
-                        if delta != FollowDelta::default() {
-                            tracing::info!(source = %p.name(), added = delta.added.len(), removed = delta.removed.len(), from = %store.describe(), "follow changes restored");
-                        }
-                        p.family.delta = delta;
-                    }
-                    Err(e) => {
-                        tracing::error!(source = %p.name(), error = %e, "cannot read persisted follow changes; starting from the config")
-                    }
-                }
-                p.family.follow_store = Some(store);
-            }
-            Err(e) => {
-                tracing::error!(source = %p.name(), error = %e, "cannot open the follow store; changes cannot be kept")
-            }
-        }
+        let (store, delta) = FollowStore::open(&p.family.spec.share.placement, &p.ctx.state_dir, p.name());
+        (p.family.follow_store, p.family.delta) = (store, delta);
         p.family.spec.query.follow = p.family.desired_follows();
         if !p.family.spec.share.runs_here {
             tracing::info!(source = %p.name(), instance = %p.family.spec.share.placement, "another instance runs this source");
