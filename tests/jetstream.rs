@@ -24,6 +24,15 @@ const T: Duration = Duration::from_secs(30);
 /// The rewind the tests configure, in microseconds.
 const REWIND_US: u64 = 2_000_000;
 
+/// A host that serves 20 events once, then answers every attempt with 503.
+async fn failing_host() -> SimHandle {
+    let scenario = Scenario {
+        attempts: vec![AttemptScript { close_after: Some(20), ..Default::default() }],
+        then: AttemptScript { status: Some(503), ..Default::default() },
+    };
+    start_sim(scenario, 0, 1000).await
+}
+
 fn dids(sim: &SimHandle, n: usize) -> Vec<String> {
     (0..n).map(|i| sim.jetstream_did(i)).collect()
 }
@@ -369,15 +378,7 @@ async fn twenty_five_thousand_dids_open_three_disjoint_connections_changed_live(
 
 #[actix_rt::test]
 async fn the_first_host_refusing_three_times_fails_over_to_the_second_with_the_same_cursor() {
-    let first = start_sim(
-        Scenario {
-            attempts: vec![AttemptScript { close_after: Some(20), ..Default::default() }],
-            then: AttemptScript { status: Some(503), ..Default::default() },
-        },
-        0,
-        1000,
-    )
-    .await;
+    let first = failing_host().await;
     let second = start_sim(Scenario::default(), 0, 1000).await;
     let wanted = dids(&first, 5);
     let cfg = jetstream(
@@ -595,15 +596,7 @@ async fn consolidation_and_reloads_change_filters_live_and_lose_nothing() {
 
 #[actix_rt::test]
 async fn a_failover_writes_the_other_hosts_copies_of_written_events_once() {
-    let first = start_sim(
-        Scenario {
-            attempts: vec![AttemptScript { close_after: Some(20), ..Default::default() }],
-            then: AttemptScript { status: Some(503), ..Default::default() },
-        },
-        0,
-        1000,
-    )
-    .await;
+    let first = failing_host().await;
     let second = start_sim(Scenario::default(), 0, 1000).await;
     let wanted = dids(&first, 5);
     let cfg = jetstream(Conf::new(), &[&first, &second], &format!("wanted_dids = {}", toml_list(&wanted)))
