@@ -1,11 +1,11 @@
 //! The handle of a running simulator (`SimHandle`): its address, the logs,
-//! the fault script and `stop`. The Mastodon controls are added to it in
+//! the fault script, `reset_all` and `stop`. The Mastodon controls are added to it in
 //! `mastodon` and `mastodon_ws`, the Jetstream ones in `jetstream`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 
@@ -35,6 +35,12 @@ impl SimHandle {
     /// `http://127.0.0.1:PORT`, for a source's `base_url`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// When the simulator started, on the clock of `ConnectionRecord`'s
+    /// `opened_at` and `closed_at`.
+    pub fn started_at(&self) -> Instant {
+        self.shared.started
     }
 
     /// Every request to a streaming endpoint, in arrival order (the most
@@ -81,6 +87,20 @@ impl SimHandle {
     /// left alone.
     pub fn set_scenario(&self, scenario: Scenario) {
         self.shared.set_scenario(scenario);
+    }
+
+    /// Resets every open stream at once, as a load balancer or a host going
+    /// away does: each body ends with a TCP RST behind the bytes already
+    /// queued for it (no final chunk, no disconnect message, no WebSocket
+    /// Close frame) and its record gets `end = "reset_all"`. Twitter streams
+    /// (filter, sample, user, site), Mastodon SSE and WebSocket streams and
+    /// Jetstream connections alike. Returns how many open streams were told;
+    /// a stream opened after the call is not affected. The RST follows when
+    /// the producer next looks (at once while it waits; unpaced, within 64
+    /// messages); a client that does not read gets it once its queued chunks
+    /// drain.
+    pub fn reset_all(&self) -> usize {
+        self.shared.reset_all()
     }
 
     /// Ends every open stream cleanly, then stops the server.

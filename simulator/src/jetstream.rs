@@ -21,7 +21,9 @@
 //! close with 1000, `silence_after`/`silence_ms` send neither events nor
 //! pings for a while, and `malformed_every` makes every Nth frame a
 //! truncated event (compressed too under `compress`) followed by the event
-//! itself. `split`, `mix`, `oversized_at` and `broadcast` do not apply.
+//! itself. `split`, `mix`, `oversized_at`, `broadcast` and `mute_after` do
+//! not apply. `SimHandle::reset_all` drops the connection with an RST, no
+//! close frame (`end = "reset_all"`).
 //!
 //! Limits of the simulator's HTTP layer: actix takes a request target of at
 //! most 65,534 bytes (the `http` crate's `Uri`; longer is a plain 400 from
@@ -56,7 +58,7 @@ use super::records::{lock, visible_params, ConnSlot, SentMessage};
 use super::scenario::AttemptScript;
 use super::shared::Shared;
 use super::wire::{self, ConnFd};
-use super::ws_conn::{server_stop, End, WsLink, GONE};
+use super::ws_conn::{reset_all, server_stop, End, WsLink, GONE};
 
 /// Client messages over this size are ignored, as on the server.
 const MAX_CLIENT_MESSAGE: usize = 10_000_000;
@@ -230,7 +232,7 @@ async fn subscribe(req: HttpRequest, body: web::Payload, shared: web::Data<Share
         end: None,
     };
     let refuse = |status: u16, text: String, retry_after: Option<u64>| {
-        shared.open(ConnSlot::for_request(&req, attempt, &visible, true, status, opened_at)).finish("status");
+        shared.log_refused(ConnSlot::for_request(&req, attempt, &visible, true, status, opened_at)).finish("status");
         let mut info = info.clone();
         info.status = status;
         let entry = shared.jetstream.register(info, Arc::new(Filter::default()));
@@ -253,7 +255,7 @@ async fn subscribe(req: HttpRequest, body: web::Payload, shared: web::Data<Share
         Err(e) => {
             let resp = e.error_response();
             shared
-                .open(ConnSlot::for_request(&req, attempt, &visible, true, resp.status().as_u16(), opened_at))
+                .log_refused(ConnSlot::for_request(&req, attempt, &visible, true, resp.status().as_u16(), opened_at))
                 .finish("status");
             let mut info = info;
             info.status = resp.status().as_u16();
@@ -261,7 +263,7 @@ async fn subscribe(req: HttpRequest, body: web::Payload, shared: web::Data<Share
             return resp;
         }
     };
-    let slot = shared.open(ConnSlot::for_request(&req, attempt, &visible, true, 101, opened_at));
+    let (slot, resets) = shared.open_stream(ConnSlot::for_request(&req, attempt, &visible, true, 101, opened_at));
     let entry = shared.jetstream.register(info, Arc::clone(&filter));
     let (sub_id, sub, outbox) = shared.jetstream.subscriber(filter);
     let shared = shared.into_inner();
@@ -270,7 +272,7 @@ async fn subscribe(req: HttpRequest, body: web::Payload, shared: web::Data<Share
     let start = cursor.filter(|c| *c <= now_us()).map(|c| ReplayFrom::Cursor(c.to_string()));
     let messages =
         messages.max_frame_size(MAX_CLIENT_FRAME).aggregate_continuations().max_continuation_size(MAX_CLIENT_FRAME);
-    let mut ws = WsLink::new(session, messages, shared.stop.subscribe());
+    let mut ws = WsLink::new(session, messages, shared.stop.subscribe(), resets);
     let resp =
         resp.map_body(|_, inner| ws.body("jetstream", inner, fd, Arc::clone(&shared.upgraded))).map_into_boxed_body();
     let mut conn = JsConn {
@@ -400,6 +402,7 @@ impl JsConn {
                 },
                 _ = tick(&mut self.pings) => self.ping().await,
                 _ = self.sub.kick.notified() => Err(End::Abort { reset: false, why: "lagged" }),
+                _ = wire::changed(&mut self.ws.resets) => Err(reset_all()),
                 ev = self.outbox.recv(), if live => match ev {
                     Some(ev) => self.send(ev).await,
                     None => Err(GONE),

@@ -770,3 +770,24 @@ async fn attempts_are_numbered_across_endpoints() {
     assert_eq!(sim.jetstream_connections().iter().map(|c| c.attempt).collect::<Vec<_>>(), [0, 2]);
     sim.stop().await;
 }
+
+#[actix_rt::test]
+async fn reset_all_drops_jetstream_connections_with_an_rst() {
+    let sim = sim_with(config()).await;
+    let d = dids(&sim, 2);
+    let mut live = open(&sim, "/subscribe").await;
+    let published = sim.jetstream_publish(&d, 2);
+    live.expect_events(&published).await;
+    // Still waiting for its hello when the reset comes.
+    let mut hello = open(&sim, "/subscribe?requireHello=true").await;
+    conn_when(&sim, 1, |_| true).await;
+    assert_eq!(sim.reset_all(), 2);
+    for ws in [&mut live, &mut hello] {
+        match ws.expect_dropped().await {
+            Some(WsProtocolError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+            other => panic!("expected a reset, got {other:?}"),
+        }
+    }
+    assert_eq!((end_of(&sim, 0).await, end_of(&sim, 1).await), ("reset_all".to_string(), "reset_all".to_string()));
+    sim.stop().await;
+}

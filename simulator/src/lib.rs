@@ -7,7 +7,7 @@
 // Map, bottom layer first; a module uses only modules of layers below it.
 // 1. Leaves: `scenario` (fault scripts), `config` (how a simulator is
 //    started), `pace`, `payloads` (the corpus), `wire` (framing, chunk cuts,
-//    FIN/RST), `oauth` (signature checks), `records` (the connection,
+//    FIN/RST, the stop and `reset_all` waits), `oauth` (signature checks), `records` (the connection,
 //    control-call and sent-message records, `lock`, `push_capped`),
 //    `ws_conn` (what every WebSocket endpoint's connection shares: the
 //    `WsLink` a task talks through, `End` and the closing handshake, the

@@ -11,12 +11,17 @@
 //! events its channel carries, writes them through the same body machinery as
 //! Twitter (`wire::BodyStream`) and applies the attempt's script: `status`,
 //! `close_after` (+ `reset`), `limit`, `disconnect_after` (a clean end, like a
-//! revoked token's `kill`), `silence_after`/`silence_ms` and `split`. The
+//! revoked token's `kill`), `silence_after`/`silence_ms`, `split` and
+//! `mute_after` (no more events, heartbeats go on: the muted stream of a
+//! streaming server after a Redis restart, mastodon/mastodon#25157). The
 //! Twitter-only junk options (`malformed_every`, `oversized_at`, `mix`,
 //! `broadcast`) do not apply.
 //!
 //! The accepted tokens can be revoked while streams are open
-//! (`SimHandle::mastodon_revoke`): SSE bodies then end cleanly. With
+//! (`SimHandle::mastodon_revoke`): SSE bodies then end cleanly.
+//! `SimHandle::mastodon_mute_all` mutes every SSE and WebSocket connection
+//! at once, as that Redis restart does, and `SimHandle::reset_all` ends
+//! every SSE body with an RST. With
 //! `mastodon_update_delay_ms`, `update` and `status.update` on public and
 //! hashtag channels are held back a random while (B.9). The WebSocket side
 //! (same events, same channels) is in `mastodon_ws`.
@@ -82,6 +87,18 @@ impl SimHandle {
     /// the token was accepted until now.
     pub fn mastodon_revoke(&self, token: &str) -> bool {
         self.shared.mastodon.revoke(token)
+    }
+
+    /// Mutes (`true`) or unmutes every Mastodon SSE and WebSocket
+    /// connection, open or future, as a Redis restart under the streaming
+    /// server does (mastodon/mastodon#25157): events emitted while muted
+    /// reach no connection, even after the unmute, while SSE heartbeats,
+    /// WebSocket pings and pongs go on and the statuses still enter the
+    /// history and the REST timelines. Counted per connection in
+    /// `ConnectionRecord::withheld`. Unmuting does not lift a script's
+    /// `mute_after`.
+    pub fn mastodon_mute_all(&self, on: bool) {
+        self.shared.mastodon.mute_all(on);
     }
 }
 
@@ -229,21 +246,21 @@ async fn stream(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let (attempt, script) = shared.next_attempt();
     let log = |status: u16, auth_ok: bool| ConnSlot::for_request(&req, attempt, &visible, auth_ok, status, opened_at);
     if let Err(message) = auth {
-        shared.open(log(401, false)).finish("status");
+        shared.log_refused(log(401, false)).finish("status");
         return error_json(401, message, None);
     }
     if let Some(status) = script.status.filter(|s| *s != 200) {
-        shared.open(log(status, true)).finish("status");
+        shared.log_refused(log(status, true)).finish("status");
         return error_json(status, scripted_message(status), script.retry_after_s);
     }
     let channel = match sse_channel(&tail, &params) {
         Ok(c) => c,
         Err((status, message)) => {
-            shared.open(log(status, true)).finish("status");
+            shared.log_refused(log(status, true)).finish("status");
             return error_json(status, message, None);
         }
     };
-    let slot = shared.open(log(200, true));
+    let (slot, resets) = shared.open_stream(log(200, true));
     let events = shared.mastodon.events.subscribe();
     let shared = shared.into_inner();
     let subscription = Subscription::new(&shared);
@@ -261,6 +278,7 @@ async fn stream(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
             pending: BytesMut::new(),
         },
         stop: shared.stop.subscribe(),
+        resets,
         held: Holdback::new(shared.mastodon.update_delay_ms, seed),
         token: token.unwrap_or_default(),
         revoked,
@@ -347,6 +365,8 @@ struct SseProducer {
     events: broadcast::Receiver<Arc<Event>>,
     out: SseWriter,
     stop: watch::Receiver<bool>,
+    /// `SimHandle::reset_all`'s epoch, seen when the stream opened.
+    resets: watch::Receiver<u64>,
     /// Updates held back (B.9), with their data lines.
     held: Holdback<(Arc<Event>, Bytes)>,
     /// The token it was opened with, rechecked at every revocation.
@@ -359,8 +379,10 @@ impl SseProducer {
     async fn run(mut self) {
         let end = match self.stream().await {
             Ok(end) => end,
-            Err(Halt::ClientClosed) => "client closed",
-            Err(Halt::ServerStop) => "server stop",
+            Err(Halt::ResetAll) => {
+                self.out.send(Piece::Abort { reset: true }).await.map_or_else(Halt::why, |()| "reset_all")
+            }
+            Err(halt) => halt.why(),
         };
         self.slot.finish(end);
         self.shared.close(&self.slot);
@@ -403,6 +425,7 @@ impl SseProducer {
                 tokio::select! {
                     _ = tokio::time::sleep(how_long) => {}
                     _ = self.out.tx.closed() => return Err(Halt::ClientClosed),
+                    _ = wire::changed(&mut self.resets) => return Err(Halt::ResetAll),
                     _ = wire::stopped(&mut self.stop) => return Err(Halt::ServerStop),
                 }
                 self.out.last_write = Instant::now();
@@ -414,14 +437,12 @@ impl SseProducer {
                     Ok(ev) => {
                         if let Some(payload) = self.channel.payload(&ev).cloned() {
                             let item = (ev, payload);
-                            let now = if self.channel.reorders() && item.0.reorderable() {
-                                self.held.hold(item)
-                            } else {
-                                Some(item)
-                            };
+                            // A muted event is withheld as it is taken, not
+                            // after a hold-back.
+                            let hold = self.channel.reorders() && item.0.reorderable() && !self.mutes(&item.0, sent);
+                            let now = if hold { self.held.hold(item) } else { Some(item) };
                             if let Some((ev, payload)) = now {
-                                self.write(&ev, payload).await?;
-                                sent += 1;
+                                self.deliver(&ev, payload, &mut sent).await?;
                             }
                         }
                     }
@@ -439,16 +460,16 @@ impl SseProducer {
                 }
                 _ = until(due) => {
                     if let Some((ev, payload)) = self.held.pop_due() {
-                        self.write(&ev, payload).await?;
-                        sent += 1;
+                        self.deliver(&ev, payload, &mut sent).await?;
                     }
                 }
-                _ = changed(&mut self.revoked) => {
+                _ = wire::changed(&mut self.revoked) => {
                     if !self.shared.mastodon.token_ok(&self.token) {
                         // B.9: the body simply ends.
                         return Ok("revoked");
                     }
                 }
+                _ = wire::changed(&mut self.resets) => return Err(Halt::ResetAll),
                 _ = self.out.tx.closed() => return Err(Halt::ClientClosed),
                 _ = wire::stopped(&mut self.stop) => return Err(Halt::ServerStop),
             }
@@ -460,6 +481,23 @@ impl SseProducer {
         let s = &self.script;
         let at = |n: Option<u64>| n.is_some_and(|n| sent >= n);
         at(s.close_after) || at(s.disconnect_after) || at(s.limit) || (!silenced && at(s.silence_after))
+    }
+
+    /// Whether `ev` is withheld: emitted while everything was muted, or
+    /// this connection's `mute_after` is reached.
+    fn mutes(&self, ev: &Event, sent: u64) -> bool {
+        ev.muted || self.script.mute_after.is_some_and(|n| sent >= n)
+    }
+
+    /// Writes `ev` and counts it in `sent`, unless it is muted.
+    async fn deliver(&mut self, ev: &Event, payload: Bytes, sent: &mut u64) -> Result<(), Halt> {
+        if self.mutes(ev, *sent) {
+            self.slot.withheld.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.write(ev, payload).await?;
+        *sent += 1;
+        Ok(())
     }
 
     /// One event block.
@@ -547,13 +585,6 @@ pub(super) async fn until(due: Option<Instant>) {
     match due {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Resolves at the next change; never once the sender is gone.
-pub(super) async fn changed(rx: &mut watch::Receiver<u64>) {
-    if rx.changed().await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 

@@ -1,9 +1,10 @@
 //! The Mastodon half of the simulator's shared state (protocols.md B.3,
 //! B.5, B.8): accepted tokens and revocations, the status and notification
-//! history with its JSON, the event broadcast and which channel carries what.
+//! history with its JSON, the event broadcast and which channel carries what,
+//! and the simulator-wide mute (`SimHandle::mastodon_mute_all`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -147,6 +148,9 @@ pub(crate) struct Event {
     /// Without an audience: only this channel carries it (None: `user` and
     /// `user:notification`, as for notifications).
     only: Option<Only>,
+    /// Emitted while `mastodon_mute_all` was on: no connection delivers it,
+    /// however late it takes it (set by `State::emit`).
+    pub(super) muted: bool,
 }
 
 /// The one channel an event without an audience goes to.
@@ -194,6 +198,11 @@ pub(crate) struct State {
     pub(super) ws_ping: Duration,
     /// The WebSocket connections, for `SimHandle::mastodon_ws_connections`.
     pub(super) ws_log: WsLog,
+    /// `SimHandle::mastodon_mute_all`. Read as each event is emitted, not
+    /// as a connection takes it: what was published while muted stays
+    /// undelivered after an unmute, like pub/sub messages nobody was
+    /// subscribed to.
+    muted: AtomicBool,
 }
 
 impl State {
@@ -215,6 +224,7 @@ impl State {
             subscribers: AtomicUsize::new(0),
             generating: AtomicBool::new(false),
             limits: Mutex::new(HashMap::new()),
+            muted: AtomicBool::new(false),
         }
     }
 
@@ -238,8 +248,16 @@ impl State {
 
     /// Sends while the history lock is held, so the channel's order is the
     /// id order. Nobody listening is fine.
-    fn emit(&self, event: Event) {
+    fn emit(&self, mut event: Event) {
+        event.muted = self.muted.load(Ordering::SeqCst);
         let _ = self.events.send(Arc::new(event));
+    }
+
+    /// `SimHandle::mastodon_mute_all`.
+    pub(super) fn mute_all(&self, on: bool) {
+        // Under the history lock, so no event is emitted half-way through.
+        let _h = lock(&self.history);
+        self.muted.store(on, Ordering::SeqCst);
     }
 
     /// Creates, stores and broadcasts one status; random tags and author
@@ -290,6 +308,7 @@ impl State {
             payload: Bytes::from(json),
             audience: Some(audience.clone()),
             only: None,
+            muted: false,
         });
         MastodonPost { id, tags: audience.tags, local: audience.local, media: audience.media }
     }
@@ -315,6 +334,7 @@ impl State {
             filtered: None,
             audience: Some(status.audience.clone()),
             only: None,
+            muted: false,
         });
         Some(status.id.clone())
     }
@@ -345,6 +365,7 @@ impl State {
             payload: Bytes::from(json),
             audience: Some(old.audience.clone()),
             only: None,
+            muted: false,
         });
         Some(old.id.clone())
     }
@@ -384,6 +405,7 @@ impl State {
             filtered: None,
             audience: None,
             only: None,
+            muted: false,
         });
         id
     }
@@ -406,6 +428,7 @@ impl State {
                 filtered: None,
                 audience: None,
                 only: Some(to),
+                muted: false,
             })
         };
         only(

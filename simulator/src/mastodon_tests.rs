@@ -307,3 +307,137 @@ async fn user_streams_get_notifications_and_close_after_ends_abruptly() {
     assert_eq!(sim.sent()[0].kind, "notification");
     sim.stop().await;
 }
+
+fn count(hay: &[u8], needle: &str) -> usize {
+    hay.windows(needle.len()).filter(|w| *w == needle.as_bytes()).count()
+}
+
+fn has_status(body: &[u8], id: &str) -> bool {
+    contains(body, &format!("\"id\":\"{id}\""))
+}
+
+/// Waits until attempt `attempt` has withheld `n` events.
+async fn wait_withheld(sim: &SimHandle, attempt: u64, n: u64) {
+    timeout(WAIT, async {
+        while !sim.connections().iter().any(|c| c.attempt == attempt && c.withheld >= n) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("attempt {attempt} never withheld {n} events: {:?}", sim.connections()));
+}
+
+impl Sse {
+    /// Two more heartbeats arrive (what came before them was already sent).
+    async fn two_more_heartbeats(&mut self) {
+        let seen = self.body.len();
+        self.until(|b| count(&b[seen..], ":thump\n\n") >= 2).await;
+    }
+}
+
+/// The ids of a REST timeline's first page, newest first.
+async fn rest_ids(sim: &SimHandle, path: &str) -> Vec<String> {
+    let req =
+        awc::Client::default().get(format!("{}{path}", sim.base_url())).insert_header(("Authorization", bearer()));
+    let mut resp = timeout(WAIT, req.send()).await.expect("in time").expect("response");
+    assert_eq!(resp.status().as_u16(), 200, "{path}");
+    let page: Vec<serde_json::Value> = resp.json().limit(10 << 20).await.expect("JSON page");
+    page.iter().map(|s| s["id"].as_str().expect("id").to_string()).collect()
+}
+
+#[actix_rt::test]
+async fn mute_after_withholds_events_while_heartbeats_and_rest_go_on() {
+    let sim = start(SimulatorConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        rate: 0,
+        keepalive_ms: 20,
+        record_sent: 100,
+        scenario: super::super::Scenario::always(super::super::AttemptScript {
+            mute_after: Some(1),
+            ..Default::default()
+        }),
+        ..SimulatorConfig::default()
+    })
+    .await
+    .expect("start");
+    let mut sse = Sse::open(&sim, "/api/v1/streaming/hashtag?tag=muted", Some(&bearer())).await;
+    sse.until(|b| b.starts_with(b":)\n")).await;
+    let first = sim.mastodon_post(&["muted"], true, false);
+    sse.until(|b| has_status(b, &first.id)).await;
+    let later: Vec<_> = (0..3).map(|_| sim.mastodon_post(&["muted"], false, false)).collect();
+    // Taken by the connection and dropped: anything it sent would be
+    // before the heartbeats that follow.
+    wait_withheld(&sim, 0, 3).await;
+    sse.two_more_heartbeats().await;
+    for p in &later {
+        assert!(!has_status(&sse.body, &p.id), "muted stream delivered {}", p.id);
+    }
+    let c = &sim.connections()[0];
+    assert_eq!((c.messages_sent, c.withheld, c.end.as_str()), (1, 3, ""));
+    let want: Vec<String> = later.iter().rev().chain([&first]).map(|p| p.id.clone()).collect();
+    assert_eq!(rest_ids(&sim, "/api/v1/timelines/tag/muted").await, want);
+    assert_eq!(rest_ids(&sim, "/api/v1/timelines/public").await, want);
+    sim.stop().await;
+}
+
+#[actix_rt::test]
+async fn mute_all_mutes_open_and_new_streams_until_unmuted() {
+    let sim = sim(20).await;
+    let mut public = Sse::open(&sim, "/api/v1/streaming/public", Some(&bearer())).await;
+    public.until(|b| b.starts_with(b":)\n")).await;
+    sim.mastodon_mute_all(true);
+    let a = sim.mastodon_post(&["rust"], true, false);
+    // Opened while muted.
+    let mut rust = Sse::open(&sim, "/api/v1/streaming/hashtag?tag=rust", Some(&bearer())).await;
+    rust.until(|b| b.starts_with(b":)\n")).await;
+    let b = sim.mastodon_post(&["rust"], false, false);
+    wait_withheld(&sim, 0, 2).await;
+    wait_withheld(&sim, 1, 1).await;
+    for s in [&mut public, &mut rust] {
+        s.two_more_heartbeats().await;
+        assert!(!has_status(&s.body, &a.id) && !has_status(&s.body, &b.id), "{}", s.text());
+    }
+    assert_eq!(rest_ids(&sim, "/api/v1/timelines/tag/rust").await, [b.id.clone(), a.id.clone()]);
+    sim.mastodon_mute_all(false);
+    let c = sim.mastodon_post(&["rust"], true, false);
+    for s in [&mut public, &mut rust] {
+        s.until(|body| has_status(body, &c.id)).await;
+        // What was published while muted stays lost.
+        assert!(!has_status(&s.body, &a.id) && !has_status(&s.body, &b.id), "{}", s.text());
+    }
+    let log = sim.connections();
+    assert_eq!(log.iter().map(|c| (c.messages_sent, c.withheld)).collect::<Vec<_>>(), [(1, 2), (1, 1)]);
+    assert!(sim.sent().iter().all(|m| m.id.as_deref() == Some(c.id.as_str())));
+    sim.stop().await;
+}
+
+#[actix_rt::test]
+async fn reset_all_ends_sse_bodies_with_an_rst() {
+    let sim = sim(30_000).await;
+    let mut streams = Vec::new();
+    for target in ["/api/v1/streaming/public", "/api/v1/streaming/user", "/api/v1/streaming/hashtag?tag=rust"] {
+        let mut sse = Sse::open(&sim, target, Some(&bearer())).await;
+        sse.until(|b| b.starts_with(b":)\n")).await;
+        streams.push(sse);
+    }
+    assert_eq!(sim.reset_all(), 3);
+    for (i, sse) in streams.iter_mut().enumerate() {
+        let mut rest = Vec::new();
+        let read = timeout(WAIT, sse.stream.read_to_end(&mut rest)).await.expect("the end in time");
+        let err = read.expect_err("the body must not end cleanly");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "stream {i}: {err}");
+    }
+    let ends = timeout(WAIT, async {
+        loop {
+            let log = sim.connections();
+            if log.iter().all(|c| c.closed_at.is_some()) {
+                return log.into_iter().map(|c| c.end).collect::<Vec<_>>();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("ends logged");
+    assert_eq!(ends, ["reset_all"; 3]);
+    sim.stop().await;
+}

@@ -13,10 +13,13 @@
 //! did not answer the previous Ping. The attempt script applies as on SSE:
 //! `status`, `close_after` (+ `reset`: the TCP connection is dropped, no
 //! Close frame), `disconnect_after` (a Close frame with no code, like a
-//! revoked token's `kill`), `limit` (Close 1000) and
-//! `silence_after`/`silence_ms` (no events, no pings). `split` does not
-//! apply. After a Close frame of its own the server waits up to
-//! `CLOSE_WAIT` for the client's, then closes the TCP connection (`ws_conn`).
+//! revoked token's `kill`), `limit` (Close 1000), `silence_after`/
+//! `silence_ms` (no events, no pings) and `mute_after` (no more events,
+//! while pings and pongs go on). `split` does not apply.
+//! `SimHandle::mastodon_mute_all` mutes it as it mutes SSE (`mastodon`);
+//! `SimHandle::reset_all` drops it with an RST, no Close frame. After a
+//! Close frame of its own the server waits up to `CLOSE_WAIT` for the
+//! client's, then closes the TCP connection (`ws_conn`).
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -42,7 +45,7 @@ use super::records::{lock, visible_params, ConnSlot, SentMessage};
 use super::scenario::AttemptScript;
 use super::shared::Shared;
 use super::wire::{self, ConnFd};
-use super::ws_conn::{server_stop, End, WsLink, GONE};
+use super::ws_conn::{reset_all, server_stop, End, WsLink, GONE};
 
 /// The Mastodon version the instance endpoints announce.
 const VERSION: &str = "4.3.0";
@@ -142,11 +145,11 @@ async fn upgrade(req: HttpRequest, body: web::Payload, shared: web::Data<Shared>
     let (attempt, script) = shared.next_attempt();
     let log = |status: u16, auth_ok: bool| ConnSlot::for_request(&req, attempt, &visible, auth_ok, status, opened_at);
     if let Err(message) = auth {
-        shared.open(log(401, false)).finish("status");
+        shared.log_refused(log(401, false)).finish("status");
         return refusal(StatusCode::UNAUTHORIZED, message, None);
     }
     if let Some(status) = script.status.filter(|s| !matches!(s, 101 | 200)) {
-        shared.open(log(status, true)).finish("status");
+        shared.log_refused(log(status, true)).finish("status");
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return refusal(code, mastodon::scripted_message(status), script.retry_after_s);
     }
@@ -154,7 +157,7 @@ async fn upgrade(req: HttpRequest, body: web::Payload, shared: web::Data<Shared>
         Ok(parts) => parts,
         Err(e) => {
             let resp = e.error_response();
-            shared.open(log(resp.status().as_u16(), true)).finish("status");
+            shared.log_refused(log(resp.status().as_u16(), true)).finish("status");
             return resp;
         }
     };
@@ -168,7 +171,7 @@ async fn upgrade(req: HttpRequest, body: web::Payload, shared: web::Data<Shared>
     if let Some(p) = protocol {
         resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
-    let slot = shared.open(log(101, true));
+    let (slot, resets) = shared.open_stream(log(101, true));
     let info = shared.mastodon.ws_log.register(attempt);
     let events = shared.mastodon.events.subscribe();
     let shared = shared.into_inner();
@@ -177,7 +180,7 @@ async fn upgrade(req: HttpRequest, body: web::Payload, shared: web::Data<Shared>
     let seed = attempt.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x3EB5;
     let messages =
         messages.max_frame_size(MAX_CLIENT_MESSAGE).aggregate_continuations().max_continuation_size(MAX_CLIENT_MESSAGE);
-    let mut ws = WsLink::new(session, messages, shared.stop.subscribe());
+    let mut ws = WsLink::new(session, messages, shared.stop.subscribe(), resets);
     let resp =
         resp.map_body(|_, inner| ws.body("websocket", inner, fd, Arc::clone(&shared.upgraded))).map_into_boxed_body();
     let conn = WsConn {
@@ -430,10 +433,10 @@ impl WsConn {
                     }
                 }
                 _ = mastodon::until(due) => match self.held.pop_due() {
-                    Some(out) => self.write(out).await,
+                    Some(out) => self.deliver(out).await,
                     None => Ok(()),
                 },
-                _ = mastodon::changed(&mut self.revoked) => {
+                _ = wire::changed(&mut self.revoked) => {
                     if self.shared.mastodon.token_ok(&self.token) {
                         Ok(())
                     } else {
@@ -441,6 +444,7 @@ impl WsConn {
                         Err(End::Close { reason: None, why: "revoked" })
                     }
                 }
+                _ = wire::changed(&mut self.ws.resets) => Err(reset_all()),
                 _ = wire::stopped(&mut self.ws.stop) => Err(server_stop()),
             };
             if let Err(end) = step {
@@ -549,12 +553,28 @@ impl WsConn {
             if self.scripted_end().is_some() {
                 break;
             }
-            let now = if hold { self.held.hold(out) } else { Some(out) };
+            // A muted event is withheld as it is taken, not after a hold-back.
+            let now = if hold && !self.mutes(&out.event) { self.held.hold(out) } else { Some(out) };
             if let Some(out) = now {
-                self.write(out).await?;
+                self.deliver(out).await?;
             }
         }
         Ok(())
+    }
+
+    /// Whether `ev` is withheld: emitted while everything was muted, or
+    /// this connection's `mute_after` is reached.
+    fn mutes(&self, ev: &Event) -> bool {
+        ev.muted || self.script.mute_after.is_some_and(|n| self.sent >= n)
+    }
+
+    /// Writes `out` unless it is muted.
+    async fn deliver(&mut self, out: Out) -> Result<(), End> {
+        if self.mutes(&out.event) {
+            self.slot.withheld.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.write(out).await
     }
 
     async fn write(&mut self, out: Out) -> Result<(), End> {

@@ -607,3 +607,127 @@ fn frames_have_the_documented_shapes() {
     );
     assert_eq!(event_frame(&s(&["user"]), "filters_changed", b""), r#"{"stream":["user"],"event":"filters_changed"}"#);
 }
+
+/// Waits until attempt `attempt` has withheld `n` events.
+async fn wait_withheld(sim: &SimHandle, attempt: u64, n: u64) {
+    wait_for(&format!("attempt {attempt} to withhold {n} events"), || {
+        sim.connections().into_iter().find(|c| c.attempt == attempt && c.withheld >= n).map(|_| ())
+    })
+    .await
+}
+
+impl Ws {
+    /// The next text frame as JSON; server pings on the way are answered.
+    async fn json_answering_pings(&mut self) -> Value {
+        loop {
+            match self.frame().await {
+                Frame::Ping(b) => self.send(Message::Pong(b)).await,
+                Frame::Text(b) => return serde_json::from_slice(&b).expect("JSON frame"),
+                other => panic!("expected a text frame or a ping, got {other:?}"),
+            }
+        }
+    }
+
+    /// Pings the server, then reads until its Pong and two pings of its own
+    /// (answered): no event may come meanwhile.
+    async fn only_pings_and_pongs(&mut self) {
+        self.send(Message::Ping(Bytes::from_static(b"still there?"))).await;
+        let (mut pong, mut pings) = (false, 0);
+        while !pong || pings < 2 {
+            match self.frame().await {
+                Frame::Ping(b) => {
+                    self.send(Message::Pong(b)).await;
+                    pings += 1;
+                }
+                Frame::Pong(b) => {
+                    assert_eq!(&b[..], b"still there?");
+                    pong = true;
+                }
+                Frame::Text(t) => panic!("event on a muted connection: {}", String::from_utf8_lossy(&t)),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+}
+
+/// The ids of a REST timeline's first page, newest first.
+async fn rest_ids(sim: &SimHandle, path: &str) -> Vec<String> {
+    let req = awc::Client::default().get(format!("{}{path}", sim.base_url())).bearer_auth(DEMO_MASTODON_TOKEN);
+    let mut resp = timeout(WAIT, req.send()).await.expect("in time").expect("response");
+    assert_eq!(resp.status().as_u16(), 200, "{path}");
+    let page: Vec<Value> = resp.json().limit(10 << 20).await.expect("JSON page");
+    page.iter().map(|s| s["id"].as_str().expect("id").to_string()).collect()
+}
+
+fn status_id(frame: &Value) -> String {
+    let status: Value = serde_json::from_str(&event(frame).2).expect("status JSON");
+    status["id"].as_str().expect("id").to_string()
+}
+
+#[actix_rt::test]
+async fn mute_after_withholds_events_while_pings_and_pongs_go_on() {
+    let scenario = Scenario::always(script(|s| s.mute_after = Some(1)));
+    let sim = sim_with(SimulatorConfig { scenario, ws_ping_ms: 30, ..config() }).await;
+    let mut ws = open(&sim, "/api/v1/streaming?stream=hashtag&tag=muted").await;
+    let first = sim.mastodon_post(&["muted"], true, false);
+    assert_eq!(status_id(&ws.json_answering_pings().await), first.id);
+    let later: Vec<_> = (0..3).map(|_| sim.mastodon_post(&["muted"], true, false)).collect();
+    // Taken and dropped: anything sent would come before the frames below.
+    wait_withheld(&sim, 0, 3).await;
+    ws.only_pings_and_pongs().await;
+    let c = &sim.connections()[0];
+    assert_eq!((c.messages_sent, c.withheld, c.end.as_str()), (1, 3, ""));
+    // The last Pong may still be on its way to the server.
+    let info = wait_for("two pongs counted", || sim.mastodon_ws_connections().pop().filter(|i| i.pongs >= 2)).await;
+    assert!(info.open, "{info:?}");
+    let want: Vec<String> = later.iter().rev().chain([&first]).map(|p| p.id.clone()).collect();
+    assert_eq!(rest_ids(&sim, "/api/v1/timelines/tag/muted").await, want);
+    sim.stop().await;
+}
+
+#[actix_rt::test]
+async fn mute_all_mutes_websockets_until_unmuted() {
+    let sim = sim_with(SimulatorConfig { ws_ping_ms: 30, ..config() }).await;
+    let mut ws = open(&sim, "/api/v1/streaming?stream=public").await;
+    ws.subscribe(json!({"type": "subscribe", "stream": "hashtag", "tag": "rust"})).await;
+    wait_subscribed(&sim, 0, &["public", "hashtag:rust"]).await;
+    sim.mastodon_mute_all(true);
+    let a = sim.mastodon_post(&["rust"], true, false);
+    // Once per subscription.
+    wait_withheld(&sim, 0, 2).await;
+    ws.only_pings_and_pongs().await;
+    assert_eq!(rest_ids(&sim, "/api/v1/timelines/public").await, vec![a.id]);
+    sim.mastodon_mute_all(false);
+    let b = sim.mastodon_post(&["rust"], true, false);
+    // `a` never comes: the next two events are `b`'s.
+    assert_eq!(status_id(&ws.json_answering_pings().await), b.id);
+    assert_eq!(status_id(&ws.json_answering_pings().await), b.id);
+    let c = &sim.connections()[0];
+    assert_eq!((c.messages_sent, c.withheld), (2, 2));
+    sim.stop().await;
+}
+
+#[actix_rt::test]
+async fn reset_all_drops_websockets_with_an_rst() {
+    // Attempt 1 is in a scripted silence when the reset comes.
+    let silent = script(|s| {
+        s.silence_after = Some(0);
+        s.silence_ms = 120_000;
+    });
+    let scenario = Scenario { attempts: vec![AttemptScript::default(), silent], then: AttemptScript::default() };
+    let sim = sim_with(SimulatorConfig { scenario, ..config() }).await;
+    let mut a = open(&sim, "/api/v1/streaming?stream=public").await;
+    let mut b = open(&sim, "/api/v1/streaming?stream=user").await;
+    let post = sim.mastodon_post(&[], true, false);
+    assert_eq!(status_id(&a.json().await), post.id);
+    assert_eq!(sim.reset_all(), 2);
+    for ws in [&mut a, &mut b] {
+        match ws.expect_dropped().await {
+            Some(WsProtocolError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+            other => panic!("expected a reset, got {other:?}"),
+        }
+    }
+    assert_eq!(end_of(&sim, 0).await, "reset_all");
+    assert_eq!(end_of(&sim, 1).await, "reset_all");
+    sim.stop().await;
+}

@@ -1175,7 +1175,8 @@ enum Item {
     DeleteStatus,
     DeleteDm,
     ScrubGeo,
-    Limit,
+    /// A limit notice; `Some` reports exactly this cumulative count.
+    Limit(Option<u64>),
     StatusWithheld,
     UserWithheld,
     WarningFallingBehind,
@@ -1255,7 +1256,7 @@ impl Generator {
             Item::Tweet(corpus.first_of(TweetVariant::Quote)),
             Item::DeleteStatus,
             Item::ScrubGeo,
-            Item::Limit,
+            Item::Limit(None),
             Item::StatusWithheld,
             Item::UserWithheld,
             Item::WarningFallingBehind,
@@ -1348,6 +1349,13 @@ impl Generator {
         Rendered { kind: "disconnect", id: None, for_user: None }
     }
 
+    /// Renders a limit notice reporting `track` (cumulative) into `buf`.
+    pub(crate) fn limit_notice(&mut self, track: u64) -> Rendered {
+        self.buf.clear();
+        self.limit_track = track;
+        self.render(Item::Limit(Some(track)))
+    }
+
     fn choose(&mut self, n: u64, mix: Mix) -> Item {
         match mix {
             Mix::Fixed => Item::Tweet(self.corpus.fixed),
@@ -1359,7 +1367,7 @@ impl Generator {
             Mix::Realistic => {
                 if n >= self.next_limit_at {
                     self.next_limit_at = n + self.rng.u64(150..=250);
-                    return Item::Limit;
+                    return Item::Limit(None);
                 }
                 let tweet = Item::Tweet(self.rng.usize(..self.corpus.tweets.len()));
                 let r = self.rng.u32(..1000);
@@ -1399,8 +1407,8 @@ impl Generator {
             Item::DeleteStatus => (&c.delete_status, "delete", true, true),
             Item::DeleteDm => (&c.delete_dm, "delete", true, true),
             Item::ScrubGeo => (&c.scrub_geo, "scrub_geo", false, true),
-            Item::Limit => {
-                self.limit_track += self.rng.u64(1..=50);
+            Item::Limit(track) => {
+                self.limit_track = track.unwrap_or(self.limit_track + self.rng.u64(1..=50));
                 (&c.limit, "limit", false, false)
             }
             Item::StatusWithheld => (&c.status_withheld, "status_withheld", true, true),

@@ -25,17 +25,27 @@ pub struct ConnectionRecord {
     pub auth_ok: bool,
     /// The response status (101 for an accepted Mastodon WebSocket).
     pub status: u16,
-    /// When the request arrived.
+    /// When the request arrived: a monotonic `Instant` taken as the
+    /// handler starts (the head, and a form body, already read), not a wall
+    /// clock; `SimHandle::started_at` is the simulator's start on the same
+    /// clock (`/_sim/connections` reports ms since it).
     pub opened_at: Instant,
-    /// When the response or stream ended (None while open).
+    /// When the response or stream ended (None while open): when the end was
+    /// decided, for an abrupt end once the FIN or RST is queued behind the
+    /// body's last bytes.
     pub closed_at: Option<Instant>,
     /// Messages written (keep-alives not counted).
     pub messages_sent: u64,
+    /// Mastodon: events this connection carries but withheld because it was
+    /// muted (script `mute_after`, `SimHandle::mastodon_mute_all`), counted
+    /// as the connection takes them; 0 elsewhere.
+    pub withheld: u64,
     /// How it ended: "status", "client closed", "close_after", "reset",
     /// "disconnect", "limit", "lagged" (a broadcast subscriber fell more than
-    /// `broadcast_capacity` messages behind), "server stop"; Mastodon also
-    /// "revoked" (`SimHandle::mastodon_revoke`), and WebSockets "ping timeout"
-    /// (no Pong in time) and "binary" (closed with 1003); empty while open.
+    /// `broadcast_capacity` messages behind), "reset_all"
+    /// (`SimHandle::reset_all`), "server stop"; Mastodon also "revoked"
+    /// (`SimHandle::mastodon_revoke`), and WebSockets "ping timeout" (no Pong
+    /// in time) and "binary" (closed with 1003); empty while open.
     pub end: String,
     /// The follow ids the connection carries: site streams the connect
     /// request's `follow` plus every accepted `add_user` minus every
@@ -104,6 +114,7 @@ pub(crate) struct ConnSlot {
     pub(crate) status: u16,
     pub(crate) opened_at: Instant,
     pub(crate) messages: AtomicU64,
+    pub(crate) withheld: AtomicU64,
     pub(crate) follows: Follows,
     pub(crate) control_uri: Option<String>,
     closed: Mutex<Option<(Instant, &'static str)>>,
@@ -149,6 +160,7 @@ impl ConnSlot {
             status,
             opened_at,
             messages: AtomicU64::new(0),
+            withheld: AtomicU64::new(0),
             follows: Follows::None,
             control_uri: None,
             closed: Mutex::new(None),
@@ -194,6 +206,7 @@ impl ConnSlot {
             opened_at: self.opened_at,
             closed_at: closed.map(|(t, _)| t),
             messages_sent: self.messages.load(Ordering::Relaxed),
+            withheld: self.withheld.load(Ordering::Relaxed),
             end: closed.map(|(_, e)| e.to_string()).unwrap_or_default(),
             follows: self.follows(),
             control_uri: self.control_uri.clone(),

@@ -44,6 +44,18 @@ pub struct AttemptScript {
     pub disconnect_after: Option<u64>,
     /// The code of that disconnect message (default 1, "Shutdown").
     pub disconnect_code: u32,
+    /// Mastodon (SSE and WebSocket): after N events (0: from the start) the
+    /// connection delivers no more events for the rest of its life, while
+    /// SSE heartbeats go on and a WebSocket keeps pinging and answering
+    /// pings, as a streaming server does after a Redis restart
+    /// (mastodon/mastodon#25157); the statuses still reach the history and
+    /// the REST timelines. The events withheld are counted in
+    /// `ConnectionRecord::withheld`. Ignored on Twitter and Jetstream.
+    pub mute_after: Option<u64>,
+    /// Twitter: limit notices sent before any other message, each reporting
+    /// this cumulative `track` (a throttled stream reports withheld tweets at
+    /// once). Not counted in the message numbers of the other options.
+    pub limit_first: Vec<u64>,
     /// How each frame is cut into chunks.
     pub split: Split,
     /// Every Nth message is a truncated JSON line instead.
@@ -96,6 +108,8 @@ impl Default for AttemptScript {
             silence_ms: DEFAULT_SILENCE_MS,
             disconnect_after: None,
             disconnect_code: DEFAULT_DISCONNECT_CODE,
+            mute_after: None,
+            limit_first: Vec::new(),
             split: Split::None,
             malformed_every: None,
             oversized_at: Vec::new(),
@@ -228,6 +242,7 @@ mod tests {
             close_after = 10
             reset = true
             split = "random"
+            mute_after = 0
 
             [then]
             mix = "catalog"
@@ -241,6 +256,7 @@ mod tests {
         assert_eq!(s.attempts[0].retry_after_s, Some(7));
         assert_eq!(s.attempts[0].silence_ms, DEFAULT_SILENCE_MS);
         assert!(s.attempts[1].reset);
+        assert_eq!((s.attempts[1].mute_after, s.then.mute_after), (Some(0), None));
         assert_eq!(s.attempts[1].split, Split::Random);
         assert_eq!(s.then.mix, Mix::Catalog);
         assert_eq!(s.then.split, Split::Sweep);

@@ -115,6 +115,7 @@ async fn connections_json(shared: web::Data<Shared>) -> HttpResponse {
                 "opened_ms": ms(c.opened_at),
                 "closed_ms": c.closed_at.map(ms),
                 "messages_sent": c.messages_sent,
+                "withheld": c.withheld,
                 "end": c.end,
                 "follows": c.follows,
                 "control_uri": c.control_uri,

@@ -1,7 +1,8 @@
 //! The state every worker thread and stream shares (`Shared`): the settings
 //! taken from the config, the fault script and attempt counter, the logs, the
 //! site streams by id, the broadcast hub, the Mastodon and Jetstream state,
-//! the count of upgraded connections actix still holds and the stop.
+//! the count of upgraded connections actix still holds, the `reset_all`
+//! epoch and the stop.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -51,6 +52,11 @@ pub(crate) struct Shared {
     /// Every WebSocket endpoint's upgraded bodies (`SimHandle::stop` waits
     /// for none).
     pub(crate) upgraded: Arc<OpenBodies>,
+    /// Bumped by `SimHandle::reset_all`; every open stream's producer
+    /// watches it. Subscribed under the `open` lock (`open_stream`), so a
+    /// stream is either counted and reset or opened after the bump and left
+    /// alone.
+    resets: watch::Sender<u64>,
     pub(crate) stop: watch::Sender<bool>,
 }
 
@@ -74,6 +80,7 @@ impl Shared {
             mastodon: mastodon_state::State::new(config),
             jetstream: jetstream_state::State::new(config),
             upgraded: Arc::default(),
+            resets: watch::channel(0).0,
             stop: watch::channel(false).0,
         }
     }
@@ -93,16 +100,39 @@ impl Shared {
         (attempt, guard.0.script_for(attempt).clone())
     }
 
-    /// Logs a new streaming request; one answered 200 (or 101, a WebSocket)
-    /// also counts as open until `close`.
-    pub(crate) fn open(&self, mut slot: ConnSlot) -> Arc<ConnSlot> {
+    /// Logs a streaming request that was refused (or failed the upgrade):
+    /// it never counts as open.
+    pub(crate) fn log_refused(&self, slot: ConnSlot) -> Arc<ConnSlot> {
+        self.log_slot(slot)
+    }
+
+    /// Logs a stream answered 200 (or 101, a WebSocket), open until
+    /// `close`; the receiver tells its producer about `reset_all`.
+    pub(crate) fn open_stream(&self, slot: ConnSlot) -> (Arc<ConnSlot>, watch::Receiver<u64>) {
+        let slot = self.log_slot(slot);
+        let mut open = lock(&self.open);
+        let resets = self.resets.subscribe();
+        open.insert(slot.serial, Arc::clone(&slot));
+        drop(open);
+        (slot, resets)
+    }
+
+    fn log_slot(&self, mut slot: ConnSlot) -> Arc<ConnSlot> {
         slot.serial = self.serials.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(slot);
         push_capped(&mut lock(&self.log), Arc::clone(&slot), MAX_CONNECTION_RECORDS);
-        if matches!(slot.status, 200 | 101) {
-            lock(&self.open).insert(slot.serial, Arc::clone(&slot));
-        }
         slot
+    }
+
+    /// `SimHandle::reset_all`: how many open streams were told.
+    pub(crate) fn reset_all(&self) -> usize {
+        let open = lock(&self.open);
+        // Counted before the bump: a producer on another worker may log its
+        // "reset_all" end before this thread could count it. One that already
+        // logged another end (and is about to leave `open`) is not reset.
+        let told = open.values().filter(|s| !s.is_closed()).count();
+        self.resets.send_modify(|epoch| *epoch = epoch.wrapping_add(1));
+        told
     }
 
     /// The stream of `slot` has ended.

@@ -1122,3 +1122,78 @@ async fn two_hundred_site_connections_carry_their_own_follows() {
     assert!(sim.connections().iter().all(|c| c.end == "client closed"));
     sim.stop().await;
 }
+
+/// Opens `requests` and reads each body's first chunk, so every producer
+/// is running before the test goes on.
+async fn open_all(sim: &SimHandle, requests: &[Request<'_>]) -> Vec<Raw> {
+    let mut raws = Vec::new();
+    for (method, path, params) in requests {
+        let mut raw = Raw::signed(sim, method, path, params).await;
+        assert_eq!(raw.status, 200, "{path}");
+        raw.chunk().await.expect("first chunk").expect("an open body");
+        raws.push(raw);
+    }
+    raws
+}
+
+/// Every body must end with an RST; returns when all have.
+async fn expect_all_reset(raws: &mut [Raw]) {
+    let ends = futures_util::future::join_all(raws.iter_mut().map(read_all)).await;
+    for (i, (_, end)) in ends.into_iter().enumerate() {
+        let err = end.expect_err("the body must not end cleanly");
+        // TimedOut here would mean the reset never came.
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "stream {i}: {err}");
+    }
+}
+
+#[actix_rt::test]
+async fn reset_all_resets_every_open_stream_at_once_and_spares_later_ones() {
+    let broadcast = AttemptScript { broadcast: true, ..AttemptScript::default() };
+    // Attempt 4 waits in a scripted silence when the reset comes.
+    let silent = AttemptScript { silence_after: Some(1), ..AttemptScript::default() };
+    let scenario = Scenario {
+        attempts: vec![broadcast.clone(), broadcast, AttemptScript::default(), AttemptScript::default(), silent],
+        then: AttemptScript::default(),
+    };
+    let sim = sim(scenario, 20, 0).await;
+    let kinds: [Request<'_>; 4] = [
+        ("GET", SAMPLE, &[]),
+        ("POST", FILTER, &[("track", "rust")]),
+        ("GET", "/1.1/user.json", &[]),
+        ("GET", "/1.1/site.json", &[("follow", "1,2")]),
+    ];
+    let requests: Vec<Request<'_>> = kinds.iter().copied().cycle().take(20).collect();
+    let mut raws = open_all(&sim, &requests).await;
+    let before = Instant::now();
+    assert_eq!(sim.reset_all(), 20);
+    let mut later = open_all(&sim, &[("GET", SAMPLE, &[])]).await;
+    expect_all_reset(&mut raws).await;
+    for attempt in 0..20 {
+        let c = wait_for_end(&sim, attempt).await;
+        assert_eq!(c.end, "reset_all", "attempt {attempt} ({})", c.path);
+        assert!(c.closed_at.expect("end time") >= before, "attempt {attempt}");
+    }
+    // Opened after the call: still streaming, until the next one.
+    later[0].chunk().await.expect("chunk").expect("still open");
+    let c = sim.connections().into_iter().find(|c| c.attempt == 20).expect("record of the later stream");
+    assert!(c.end.is_empty() && c.closed_at.is_none(), "{c:?}");
+    assert_eq!(sim.reset_all(), 1);
+    expect_all_reset(&mut later).await;
+    assert_eq!(wait_for_end(&sim, 20).await.end, "reset_all");
+    assert_eq!(sim.reset_all(), 0);
+    sim.stop().await;
+}
+
+#[actix_rt::test]
+async fn reset_all_reaches_unpaced_streams() {
+    let sim = sim(Scenario::default(), 0, 0).await;
+    let requests: [Request<'_>; 3] =
+        [("GET", SAMPLE, &[]), ("POST", FILTER, &[("follow", "12")]), ("GET", "/1.1/user.json", &[])];
+    let mut raws = open_all(&sim, &requests).await;
+    assert_eq!(sim.reset_all(), 3);
+    expect_all_reset(&mut raws).await;
+    for attempt in 0..3 {
+        assert_eq!(wait_for_end(&sim, attempt).await.end, "reset_all");
+    }
+    sim.stop().await;
+}

@@ -1,7 +1,8 @@
 //! Twitter v1.1 streaming endpoints (protocols.md A.1-A.8): filter, sample,
 //! user and site streams plus the site control stream. Each accepted stream
 //! gets one producer task that paces, scripts and frames its messages, or,
-//! for a `broadcast` filter/sample stream, forwards the shared generator's.
+//! for a `broadcast` filter/sample stream, forwards the shared generator's;
+//! `SimHandle::reset_all` has every producer end its body with an RST.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -217,17 +218,17 @@ fn open_stream(req: HttpRequest, body: &[u8], shared: web::Data<Shared>, kind: S
 
     if let Err(why) = auth {
         tracing::debug!(attempt, path = req.path(), reason = ?why, "simulator refused a signature");
-        shared.open(log(401, false)).finish("status");
+        shared.log_refused(log(401, false)).finish("status");
         return status_response(401, script.retry_after_s);
     }
     if let Some(status) = script.status.filter(|s| *s != 200) {
-        shared.open(log(status, true)).finish("status");
+        shared.log_refused(log(status, true)).finish("status");
         return status_response(status, script.retry_after_s);
     }
     let sp = match StreamParams::parse(kind, &params) {
         Ok(sp) => sp,
         Err((status, text)) => {
-            shared.open(log(status, true)).finish("status");
+            shared.log_refused(log(status, true)).finish("status");
             return text_response(status, text);
         }
     };
@@ -243,7 +244,7 @@ fn open_stream(req: HttpRequest, body: &[u8], shared: web::Data<Shared>, kind: S
         StreamKind::Sample | StreamKind::User => Follows::None,
     };
     slot.control_uri = stream_id.as_ref().map(|id| format!("/1.1/site/c/{id}"));
-    let slot = shared.open(slot);
+    let (slot, resets) = shared.open_stream(slot);
     let site = stream_id.map(|stream_id| {
         let conn = Arc::new(SiteConn::new(
             stream_id,
@@ -278,6 +279,7 @@ fn open_stream(req: HttpRequest, body: &[u8], shared: web::Data<Shared>, kind: S
     let producer = Producer {
         writer: FrameWriter::new(tx, shared.stop.subscribe(), sp.delimited, script.split, seed),
         stop: shared.stop.subscribe(),
+        resets,
         shared,
         slot,
         script,
@@ -300,6 +302,8 @@ struct Producer {
     gen: Generator,
     writer: FrameWriter,
     stop: watch::Receiver<bool>,
+    /// `SimHandle::reset_all`'s epoch, seen when the stream opened.
+    resets: watch::Receiver<u64>,
     site: Option<Arc<SiteConn>>,
     /// Forwards the broadcast generator instead of using `gen`.
     broadcast: bool,
@@ -329,8 +333,10 @@ impl Producer {
     async fn run(mut self) {
         let end = match self.stream().await {
             Ok(end) => end,
-            Err(Halt::ClientClosed) => "client closed",
-            Err(Halt::ServerStop) => "server stop",
+            // Behind whatever is still queued for the body: the RST has to
+            // go through the same channel.
+            Err(Halt::ResetAll) => self.writer.abort(true).await.map_or_else(Halt::why, |()| "reset_all"),
+            Err(halt) => halt.why(),
         };
         self.slot.finish(end);
         tracing::debug!(
@@ -343,6 +349,11 @@ impl Producer {
     }
 
     async fn stream(&mut self) -> Result<&'static str, Halt> {
+        for track in self.script.limit_first.clone() {
+            let r = self.gen.limit_notice(track);
+            self.note(&r);
+            self.writer.message(&self.gen.buf).await?;
+        }
         if !self.broadcast {
             return self.generate().await;
         }
@@ -409,6 +420,11 @@ impl Producer {
                 // for a stop now and then without a select per message.
                 return Err(Halt::ServerStop);
             }
+            if sent % 64 == 0 {
+                // Also when paced: a rate the client cannot keep up with
+                // never waits for a tick.
+                self.check_reset()?;
+            }
             self.apply_site_changes();
             sent += 1;
             let r = self.gen.next(sent, &self.script);
@@ -428,6 +444,11 @@ impl Producer {
         loop {
             if let Step::End(end) = self.scripted(sent, &mut silenced).await? {
                 return Ok(end);
+            }
+            if sent % 64 == 0 {
+                // A subscriber that never waits (its feed always has the
+                // next message) would otherwise not see the reset.
+                self.check_reset()?;
             }
             sent += 1;
             if is_junk(sent, &self.script) {
@@ -480,6 +501,7 @@ impl Producer {
                 r = feed.recv() => return Ok(r),
                 _ = tokio::time::sleep(idle) => {}
                 _ = self.writer.closed() => return Err(Halt::ClientClosed),
+                _ = wire::changed(&mut self.resets) => return Err(Halt::ResetAll),
                 _ = wire::stopped(&mut self.stop) => return Err(Halt::ServerStop),
             }
             self.writer.keepalive().await?;
@@ -491,6 +513,7 @@ impl Producer {
         tokio::select! {
             _ = tokio::time::sleep(how_long) => Ok(()),
             _ = self.writer.closed() => Err(Halt::ClientClosed),
+            _ = wire::changed(&mut self.resets) => Err(Halt::ResetAll),
             _ = wire::stopped(&mut self.stop) => Err(Halt::ServerStop),
         }
     }
@@ -502,12 +525,22 @@ impl Producer {
             _ = pacer.tick() => {}
             _ = tokio::time::sleep(idle) => {}
             _ = self.writer.closed() => return Err(Halt::ClientClosed),
+            _ = wire::changed(&mut self.resets) => return Err(Halt::ResetAll),
             _ = wire::stopped(&mut self.stop) => return Err(Halt::ServerStop),
         }
         if self.writer.last_write.elapsed() >= self.shared.keepalive {
             self.writer.keepalive().await?;
         }
         Ok(())
+    }
+
+    /// Whether `reset_all` was called since the stream opened.
+    fn check_reset(&self) -> Result<(), Halt> {
+        match self.resets.has_changed() {
+            Ok(true) => Err(Halt::ResetAll),
+            // Err: the simulator is gone, which the stop reports.
+            Ok(false) | Err(_) => Ok(()),
+        }
     }
 
     fn note(&self, r: &Rendered) {

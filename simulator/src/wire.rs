@@ -1,6 +1,7 @@
 //! The byte level of a simulated stream: CRLF or length framing, cutting
 //! frames into chunks, and the response body that can end with a FIN or a
-//! TCP RST after every byte before it has reached the kernel.
+//! TCP RST after every byte before it has reached the kernel; also the waits
+//! every producer shares (the stop, the `reset_all` epoch).
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -36,6 +37,19 @@ pub(crate) enum Halt {
     ClientClosed,
     /// The simulator is stopping.
     ServerStop,
+    /// `SimHandle::reset_all`: the producer ends the body with an RST.
+    ResetAll,
+}
+
+impl Halt {
+    /// The connection log's `end` for it.
+    pub(crate) fn why(self) -> &'static str {
+        match self {
+            Halt::ClientClosed => "client closed",
+            Halt::ServerStop => "server stop",
+            Halt::ResetAll => "reset_all",
+        }
+    }
 }
 
 /// The raw fd of an accepted connection, captured in `on_connect`, so a
@@ -48,6 +62,14 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     // `wait_for` checks the current value first, so a stop that happened
     // before this call is seen too.
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Resolves at the next change; never once the sender is gone (the
+/// revocation counter, the `reset_all` epoch).
+pub(crate) async fn changed(rx: &mut watch::Receiver<u64>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Frames messages and writes them as chunks into the body channel.

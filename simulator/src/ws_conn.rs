@@ -2,7 +2,7 @@
 //! (`mastodon_ws`, `jetstream`) shares, written once and driven by each
 //! endpoint's protocol: the link a connection task talks through
 //! (`WsLink`: actix-ws's session and the client's messages, the stop
-//! signal), how a connection ends (`End`) and the server's half of the
+//! signal and the `reset_all` epoch), how a connection ends (`End`) and the server's half of the
 //! closing handshake, a scripted silence, and the response body
 //! (`WsBody`) that ends cleanly or abruptly (FIN, or RST) when the task
 //! asks, counted in `OpenBodies` for `SimHandle::stop`.
@@ -58,6 +58,11 @@ pub(crate) fn server_stop() -> End {
     End::Close { reason: Some(CloseCode::Away.into()), why: "server stop" }
 }
 
+/// `SimHandle::reset_all`: the TCP connection is dropped with an RST.
+pub(crate) fn reset_all() -> End {
+    End::Abort { reset: true, why: "reset_all" }
+}
+
 /// What a connection task talks to its client through.
 pub(crate) struct WsLink {
     /// Frames to the client.
@@ -66,14 +71,22 @@ pub(crate) struct WsLink {
     pub(crate) messages: AggregatedMessageStream,
     /// The simulator's stop signal: no wait may outlast it.
     pub(crate) stop: watch::Receiver<bool>,
+    /// `SimHandle::reset_all`'s epoch: a change ends the connection with
+    /// `reset_all()`; the serve loop waits on it too.
+    pub(crate) resets: watch::Receiver<u64>,
     /// Tells the body to end with an error, so actix drops the connection
     /// (None once told, and until `body` made it).
     abort: Option<oneshot::Sender<DropConnection>>,
 }
 
 impl WsLink {
-    pub(crate) fn new(session: Session, messages: AggregatedMessageStream, stop: watch::Receiver<bool>) -> WsLink {
-        WsLink { session, messages, stop, abort: None }
+    pub(crate) fn new(
+        session: Session,
+        messages: AggregatedMessageStream,
+        stop: watch::Receiver<bool>,
+        resets: watch::Receiver<u64>,
+    ) -> WsLink {
+        WsLink { session, messages, stop, resets, abort: None }
     }
 
     /// The response body around `inner` (actix-ws's frames) of the
@@ -145,7 +158,7 @@ impl WsLink {
     }
 
     /// Sends nothing for `how_long`; the client's frames wait (up to
-    /// `MAX_BUFFERED`) and are returned.
+    /// `MAX_BUFFERED`) and are returned. A `reset_all` still cuts it short.
     pub(crate) async fn silence(&mut self, how_long: Duration) -> Result<Vec<AggregatedMessage>, End> {
         let over = tokio::time::sleep(how_long);
         tokio::pin!(over);
@@ -161,6 +174,7 @@ impl WsLink {
                     }
                     Some(Err(_)) | None => return Err(GONE),
                 },
+                _ = wire::changed(&mut self.resets) => return Err(reset_all()),
                 _ = wire::stopped(&mut self.stop) => return Err(server_stop()),
             }
         }
