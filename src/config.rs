@@ -185,8 +185,12 @@ pub struct BackoffSection {
     pub reset_after_s: f64,
     /// ± relative jitter.
     pub jitter: f64,
-    /// Connection attempts per second per source.
+    /// Connection attempts per second per host.
     pub max_connects_per_s: u32,
+    /// Silence longer than this many usual gaps between events is probed.
+    pub liveness_factor: f64,
+    /// ... and at least this long.
+    pub liveness_min_s: f64,
 }
 
 impl Default for BackoffSection {
@@ -202,6 +206,8 @@ impl Default for BackoffSection {
             reset_after_s: 1800.0,
             jitter: 0.1,
             max_connects_per_s: 20,
+            liveness_factor: 20.0,
+            liveness_min_s: 120.0,
         }
     }
 }
@@ -459,6 +465,10 @@ fn backoff_config(b: &BackoffSection) -> Result<BackoffConfig, KeyedError> {
         reset_after: secs("backoff.reset_after_s", b.reset_after_s).map_err(keyed)?,
         jitter: b.jitter,
         max_connects_per_s: b.max_connects_per_s,
+        liveness_factor: streamherd_actors::settings::liveness_factor("backoff.liveness_factor", b.liveness_factor)
+            .map_err(keyed)?,
+        liveness_min: streamherd_actors::settings::liveness_min("backoff.liveness_min_s", b.liveness_min_s)
+            .map_err(keyed)?,
     })
 }
 

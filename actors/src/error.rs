@@ -31,11 +31,15 @@ pub enum DisconnectCause {
         /// The code from the message.
         code: u32,
     },
+    /// Bytes kept coming (heartbeats) but no event for longer than the
+    /// connection's liveness bound: reconnected as a probe.
+    Silent,
 }
 
 impl DisconnectCause {
     /// Every label [`DisconnectCause::label`] gives, for metrics.
-    pub const LABELS: [&'static str; 6] = ["network", "stall", "eof", "http", "rate_limit", "disconnect"];
+    pub const LABELS: [&'static str; 7] =
+        ["network", "stall", "eof", "http", "rate_limit", "disconnect", "silent_stream"];
 
     /// Short label for metrics (`streamherd_reconnects_total{cause}`).
     pub fn label(&self) -> &'static str {
@@ -46,6 +50,7 @@ impl DisconnectCause {
             DisconnectCause::Http { .. } => "http",
             DisconnectCause::RateLimited { .. } => "rate_limit",
             DisconnectCause::DisconnectMessage { .. } => "disconnect",
+            DisconnectCause::Silent => "silent_stream",
         }
     }
 }
@@ -59,6 +64,7 @@ impl std::fmt::Display for DisconnectCause {
             DisconnectCause::Http { status, .. } => write!(f, "HTTP {status}"),
             DisconnectCause::RateLimited { status, .. } => write!(f, "HTTP {status} (rate limited)"),
             DisconnectCause::DisconnectMessage { code } => write!(f, "disconnect message, code {code}"),
+            DisconnectCause::Silent => f.write_str("silent stream: no event within the liveness bound"),
         }
     }
 }
@@ -87,6 +93,16 @@ impl StreamError {
     /// A retryable network error.
     pub fn network(error: impl std::fmt::Display) -> StreamError {
         StreamError::Retryable(DisconnectCause::Network(error.to_string()))
+    }
+
+    /// The `reason` of the gap a connection that ended like this leaves: a
+    /// silent stream's reconnect is its liveness probe.
+    pub fn gap_reason(&self) -> &'static str {
+        match self {
+            StreamError::Retryable(DisconnectCause::Stall) => "stall",
+            StreamError::Retryable(DisconnectCause::Silent) => "silent_stream",
+            _ => "reconnect",
+        }
     }
 
     /// The end of a connection that was asked to stop.

@@ -55,6 +55,56 @@ impl std::fmt::Display for EventKind {
     }
 }
 
+/// A `gap` event's payload: one schema for every family, fields that do
+/// not apply left out. `from` is the last byte (or acknowledged event)
+/// before the interruption, `to` the first event after it.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct GapPayload<'a> {
+    /// `reconnect`, `stall`, `restart`, `handover`, `silent_stream`,
+    /// `takeover`, `sink_full` or `spill_corrupt`.
+    pub reason: &'a str,
+    /// What ended the connection, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<&'a str>,
+    /// Start of the interval where events may be missing.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "stamp_opt")]
+    pub from: Option<DateTime<Utc>>,
+    /// Its end.
+    #[serde(serialize_with = "stamp")]
+    pub to: DateTime<Utc>,
+    /// Twitter: tweets the server reported withholding (limit notices) inside the interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_omitted: Option<u64>,
+    /// Events catch-up or replay brought back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<u64>,
+    /// Whether catch-up or replay covered the whole interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub complete: Option<bool>,
+    /// Anything else worth knowing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'a str>,
+}
+
+fn stamp<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+fn stamp_opt<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => stamp(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+impl GapPayload<'_> {
+    /// The payload's JSON bytes.
+    pub fn to_bytes(&self) -> Bytes {
+        // Serialising plain strings, numbers and booleans cannot fail.
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
 /// One message from a stream, ready for the sinks.
 ///
 /// `payload` holds the bytes exactly as the server sent them (minus framing);

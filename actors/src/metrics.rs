@@ -80,6 +80,8 @@ pub struct Metrics {
     pub sink_queue_depth: Family<SinkLabel, Gauge>,
     /// `streamherd_spill_bytes{sink}`: bytes of a sink's disk queue not yet replayed.
     pub spill_bytes: Family<SinkLabel, Gauge>,
+    /// `streamherd_liveness_probes_total{source}`: silences past the liveness bound probed.
+    pub liveness_probes_total: Family<SourceLabel, Counter>,
 }
 
 impl Metrics {
@@ -108,6 +110,11 @@ impl Metrics {
         r.register("sink_dropped", "Events a sink dropped", self.sink_dropped_total.clone());
         r.register("sink_queue_depth", "Events queued for a sink", self.sink_queue_depth.clone());
         r.register("spill_bytes", "Bytes in a sink's disk queue, not yet replayed", self.spill_bytes.clone());
+        r.register(
+            "liveness_probes",
+            "Connections silent past their liveness bound, probed",
+            self.liveness_probes_total.clone(),
+        );
     }
 
     /// Label helper.

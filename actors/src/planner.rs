@@ -249,6 +249,8 @@ impl<F: Family> ShardPlanner<F> {
             stall_timeout: self.basics.stall_timeout,
             reset_after: self.basics.backoff.reset_after,
             max_message_bytes: self.basics.max_message_bytes,
+            liveness_factor: self.basics.backoff.liveness_factor,
+            liveness_min: self.basics.backoff.liveness_min,
         };
         let carries = F::carries(&state);
         let (follows, streams) = (carries.follow.len() + carries.dids.len(), carries.streams.len());

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use crate::connection::backoff::BackoffConfig;
 use crate::error::ConfigError;
 
 /// A secret value: a literal or `${VAR}`. Never printed.
@@ -106,6 +107,41 @@ pub fn stall_timeout(key: &str, value: Option<f64>, default: Duration) -> Result
         }
         None => Ok(default),
     }
+}
+
+/// `liveness_factor`: how many usual gaps between events a silence may last.
+pub fn liveness_factor(key: &str, v: f64) -> Result<f64, ConfigError> {
+    if !v.is_finite() || !(1.0..=1e6).contains(&v) {
+        return Err(ConfigError::new(key, "must be a number from 1 to 1000000"));
+    }
+    Ok(v)
+}
+
+/// `liveness_min_s`: the shortest silence that is probed (above 0).
+pub fn liveness_min(key: &str, v: f64) -> Result<Duration, ConfigError> {
+    let d = secs(key, v)?;
+    if d.is_zero() {
+        return Err(ConfigError::new(key, "must be above 0"));
+    }
+    Ok(d)
+}
+
+/// `[backoff]` with a source's own `liveness_factor` / `liveness_min_s`
+/// (`key` names the source's fields, e.g. `sources[2].`).
+pub fn with_liveness(
+    backoff: &BackoffConfig,
+    key: impl Fn(&str) -> String,
+    factor: Option<f64>,
+    min_s: Option<f64>,
+) -> Result<BackoffConfig, ConfigError> {
+    let mut b = backoff.clone();
+    if let Some(f) = factor {
+        b.liveness_factor = liveness_factor(&key("liveness_factor"), f)?;
+    }
+    if let Some(m) = min_s {
+        b.liveness_min = liveness_min(&key("liveness_min_s"), m)?;
+    }
+    Ok(b)
 }
 
 /// `url` without a trailing slash, if it is http(s).

@@ -127,6 +127,10 @@ pub(crate) fn assess(
             }
         }
     }
+    for s in states.iter().filter(|s| s.silent) {
+        let bound = s.liveness_bound.map_or(String::new(), |b| format!(" (its bound is {:.0} s)", b.as_secs_f64()));
+        reasons.push(format!("{} is silent: no event past its liveness bound{bound}, probing", s.id));
+    }
     for trouble in sinks {
         reasons.push(match trouble {
             SinkTrouble::SpillFull(sink) => {
@@ -178,8 +182,16 @@ struct StreamRow {
     dids: Vec<String>,
     messages: u64,
     bytes: u64,
-    /// Seconds since the last message; null before the first.
+    /// Seconds since the last event; null before the first.
     last_message_age_s: Option<f64>,
+    /// Seconds since the last byte (heartbeats included); null before the first.
+    last_byte_age_s: Option<f64>,
+    /// The learned event rate (events per second); null before the first events.
+    events_per_s: Option<f64>,
+    /// The silence tolerated before a liveness probe, seconds.
+    liveness_bound_s: Option<f64>,
+    /// Silent past its liveness bound right now.
+    silent: bool,
     reconnects: u64,
     /// The connection's last cumulative `limit.track` (seed 004).
     limit_track: u64,
@@ -190,6 +202,10 @@ impl StreamRow {
     fn new(s: ConnectionSnapshot, now_ms: i64) -> Self {
         StreamRow {
             last_message_age_s: s.last_message_ms.map(|t| now_ms.saturating_sub(t).max(0) as f64 / 1000.0),
+            last_byte_age_s: s.last_byte_ms.map(|t| now_ms.saturating_sub(t).max(0) as f64 / 1000.0),
+            events_per_s: s.usual_gap.map(|g| if g.is_zero() { f64::MAX } else { 1.0 / g.as_secs_f64() }),
+            liveness_bound_s: s.liveness_bound.map(|b| b.as_secs_f64()),
+            silent: s.silent,
             id: s.id,
             source: s.source,
             state: s.state.as_str(),
@@ -380,6 +396,10 @@ mod tests {
             bytes: 0,
             reconnects: 0,
             last_message_ms: None,
+            last_byte_ms: None,
+            usual_gap: None,
+            liveness_bound: None,
+            silent: false,
             limit_track: 0,
             last_error: last_error.map(str::to_owned),
         }
@@ -415,6 +435,16 @@ mod tests {
         let (status, reasons) = assess(&[source(&["s/0"], &[], &[])], &[], &[down]);
         assert_eq!(status, Status::Degraded, "a sink whose destination is down degrades");
         assert_eq!(reasons, vec!["sink queue: unavailable: connection refused; retrying, its queue spills".to_owned()]);
+
+        let mut quiet = snap("s/0", ConnectionState::Connected, None);
+        quiet.silent = true;
+        quiet.liveness_bound = Some(std::time::Duration::from_secs(120));
+        let (status, reasons) = assess(&[source(&["s/0"], &[], &[])], &[quiet], &[]);
+        assert_eq!(status, Status::Degraded, "a connected stream silent past its bound degrades");
+        assert_eq!(
+            reasons,
+            vec!["s/0 is silent: no event past its liveness bound (its bound is 120 s), probing".to_owned()]
+        );
     }
 
     fn body(json: &str) -> Result<ChangeFollows, String> {

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::backoff_actor::{BackoffActor, PlanAttempt};
 use super::link::{snippet, Input, Link};
+use super::liveness::Liveness;
 use super::stats::{ConnectionState, ConnectionStats};
 use crate::delivery::ack::{AckChain, OnWritten};
 use crate::error::{DisconnectCause, StreamError};
@@ -41,6 +42,21 @@ pub struct ConnectionSpec {
     pub reset_after: Duration,
     /// Larger messages are dropped with an error.
     pub max_message_bytes: usize,
+    /// A silence of this many usual gaps between events is probed ...
+    pub liveness_factor: f64,
+    /// ... and never one shorter than this.
+    pub liveness_min: Duration,
+}
+
+/// What a protocol does about a connection silent past its liveness bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    /// Reconnect (resuming from a cursor where there is one): the
+    /// reconnect is the probe.
+    Reconnect,
+    /// A probe runs beside the reads (a REST request); it ends the
+    /// connection itself if it finds events the stream did not deliver.
+    Probing,
 }
 
 /// What a family supplies to run one kind of connection: how to open it,
@@ -107,8 +123,15 @@ pub trait Protocol: Sized + Unpin + 'static {
         None
     }
 
-    /// The attempt is over; `connected` says whether it had been answered.
-    fn closed(&mut self, _connected: bool) {}
+    /// The connection has been silent past its liveness bound (heartbeats,
+    /// no events). The default reconnects.
+    fn silent(&mut self, _conn: &mut Conn<Self>) -> Silence {
+        Silence::Reconnect
+    }
+
+    /// The attempt is over; `connected` says whether it had been answered,
+    /// `end` why it ended.
+    fn closed(&mut self, _connected: bool, _end: &StreamError) {}
 
     /// The `host[:port]` the next attempt goes to: attempts to one host
     /// share one budget across every source and shard (empty: the source's
@@ -243,6 +266,8 @@ pub struct StreamActor<P: Protocol> {
     /// Failed for good or stopped: a restart must not reconnect.
     done: bool,
     attempt: Option<SpawnHandle>,
+    /// `None` while an attempt runs, like `protocol`.
+    liveness: Option<Liveness>,
 }
 
 impl<P: Protocol> StreamActor<P> {
@@ -256,6 +281,7 @@ impl<P: Protocol> StreamActor<P> {
         stats: Arc<ConnectionStats>,
     ) -> Self {
         let protocol = P::new(config, &spec);
+        let liveness = Liveness::new(spec.liveness_factor, spec.liveness_min);
         StreamActor {
             spec: Arc::new(spec),
             protocol: Some(protocol),
@@ -270,6 +296,7 @@ impl<P: Protocol> StreamActor<P> {
             last_end: None,
             done: false,
             attempt: None,
+            liveness: Some(liveness),
         }
     }
 
@@ -302,6 +329,8 @@ impl<P: Protocol> StreamActor<P> {
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
         let Some(protocol) = self.protocol.take() else { return };
+        let liveness =
+            self.liveness.take().unwrap_or_else(|| Liveness::new(self.spec.liveness_factor, self.spec.liveness_min));
         let (tx, rx) = mpsc::unbounded_channel();
         self.commands = Some(tx);
         self.stats.set_state(ConnectionState::Connecting);
@@ -313,9 +342,11 @@ impl<P: Protocol> StreamActor<P> {
             reports: self.reports.clone(),
             stop: self.stop.clone(),
             commands: rx,
+            liveness,
         };
-        let handle = ctx.spawn(attempt(protocol, io).into_actor(self).map(|(protocol, end), act, ctx| {
+        let handle = ctx.spawn(attempt(protocol, io).into_actor(self).map(|(protocol, liveness, end), act, ctx| {
             act.protocol = Some(protocol);
+            act.liveness = Some(liveness);
             act.commands = None;
             act.attempt_ended(end, ctx);
         }));
@@ -437,6 +468,7 @@ struct Io<P: Protocol> {
     reports: Recipient<Report<P::Notice>>,
     stop: Arc<Notify>,
     commands: mpsc::UnboundedReceiver<P::Command>,
+    liveness: Liveness,
 }
 
 impl<P: Protocol> Io<P> {
@@ -471,16 +503,16 @@ impl<P: Protocol> Io<P> {
     }
 }
 
-async fn attempt<P: Protocol>(mut protocol: P, mut io: Io<P>) -> (P, AttemptEnd) {
+async fn attempt<P: Protocol>(mut protocol: P, mut io: Io<P>) -> (P, Liveness, AttemptEnd) {
     let mut connected_at = None;
     let result = run(&mut protocol, &mut io, &mut connected_at).await;
     // Commands that arrived as it ended still count for the next connect.
     while let Ok(command) = io.commands.try_recv() {
         protocol.apply(command, &io.stats);
     }
-    protocol.closed(connected_at.is_some());
+    protocol.closed(connected_at.is_some(), &result);
     let healthy = connected_at.is_some_and(|t: Instant| t.elapsed() >= io.spec.reset_after);
-    (protocol, AttemptEnd { result, healthy })
+    (protocol, io.liveness, AttemptEnd { result, healthy })
 }
 
 async fn run<P: Protocol>(protocol: &mut P, io: &mut Io<P>, connected_at: &mut Option<Instant>) -> StreamError {
@@ -494,6 +526,8 @@ async fn run<P: Protocol>(protocol: &mut P, io: &mut Io<P>, connected_at: &mut O
         Err(e) => return e,
     };
     *connected_at = Some(Instant::now());
+    io.liveness.connected();
+    io.stats.set_silent(false);
     io.stats.connection_opened();
     io.stats.set_state(ConnectionState::Connected);
     tracing::info!(connection = %io.spec.id, "connected");
@@ -507,6 +541,7 @@ async fn run<P: Protocol>(protocol: &mut P, io: &mut Io<P>, connected_at: &mut O
     let mut last_read = tokio::time::Instant::now();
     loop {
         let deadline = last_read + io.spec.stall_timeout;
+        let silent_at = io.liveness.deadline();
         let mut end = None;
         tokio::select! {
             biased;
@@ -522,6 +557,21 @@ async fn run<P: Protocol>(protocol: &mut P, io: &mut Io<P>, connected_at: &mut O
                 }
                 if let Err(e) = protocol.sync(&mut link, &mut conn).await {
                     end = Some(e);
+                }
+            }
+            _ = tokio::time::sleep_until(silent_at) => {
+                let bound = io.liveness.bound();
+                io.liveness.probed();
+                io.stats.set_silent(true);
+                io.stats.counters().liveness_probes.inc();
+                match protocol.silent(&mut conn) {
+                    Silence::Reconnect => {
+                        tracing::warn!(connection = %io.spec.id, silent_s = bound.as_secs_f64(), "no event within the liveness bound; reconnecting");
+                        end = Some(StreamError::Retryable(DisconnectCause::Silent));
+                    }
+                    Silence::Probing => {
+                        tracing::info!(connection = %io.spec.id, silent_s = bound.as_secs_f64(), "no event within the liveness bound; probing");
+                    }
                 }
             }
             done = protocol.side() => {
@@ -545,6 +595,10 @@ async fn run<P: Protocol>(protocol: &mut P, io: &mut Io<P>, connected_at: &mut O
                                 Some(Ok(input)) => end = protocol.input(input, &mut conn),
                                 Some(Err(e)) => end = Some(e),
                             }
+                        }
+                        if conn.queued() > 0 {
+                            io.liveness.events(conn.queued());
+                            io.stats.set_liveness(io.liveness.usual_gap(), io.liveness.bound());
                         }
                     }
                 }

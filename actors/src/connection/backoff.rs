@@ -26,8 +26,13 @@ pub struct BackoffConfig {
     pub reset_after: Duration,
     /// Relative jitter on every wait: 0.1 = ±10 %.
     pub jitter: f64,
-    /// At most this many connection attempts per second per source.
+    /// At most this many connection attempts per second to one host.
     pub max_connects_per_s: u32,
+    /// A connection with no event for this many times its usual gap between
+    /// events (and at least `liveness_min`) is probed.
+    pub liveness_factor: f64,
+    /// The shortest silence that is probed, whatever the learned rate.
+    pub liveness_min: Duration,
 }
 
 impl Default for BackoffConfig {
@@ -42,6 +47,8 @@ impl Default for BackoffConfig {
             reset_after: Duration::from_secs(1800),
             jitter: 0.1,
             max_connects_per_s: 20,
+            liveness_factor: 20.0,
+            liveness_min: Duration::from_secs(120),
         }
     }
 }
@@ -64,6 +71,7 @@ impl BackoffClass {
             DisconnectCause::Network(_)
             | DisconnectCause::Stall
             | DisconnectCause::Eof
+            | DisconnectCause::Silent
             | DisconnectCause::DisconnectMessage { .. } => BackoffClass::Network,
             DisconnectCause::Http { .. } => BackoffClass::Http,
             DisconnectCause::RateLimited { .. } => BackoffClass::RateLimit,

@@ -2,8 +2,9 @@
 //! (which writes them) and the stats line, `probe` and the control API
 //! (which read them). Atomics only: the read path never blocks the stream.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -70,6 +71,13 @@ pub struct ConnectionStats {
     bytes: AtomicU64,
     reconnects: AtomicU64,
     last_message_ms: AtomicI64,
+    last_byte_ms: AtomicI64,
+    /// Learned mean gap between events, µs (`u64::MAX`: nothing learned yet).
+    usual_gap_us: AtomicU64,
+    /// The silence tolerated before a probe, ms.
+    liveness_bound_ms: AtomicU64,
+    /// Silent past its liveness bound, not yet cleared by an event or a probe.
+    silent: AtomicBool,
     limit_track: AtomicU64,
     last_error: Mutex<Option<String>>,
     counters: SourceCounters,
@@ -108,6 +116,8 @@ pub struct SourceCounters {
     pub duplicates: Counter,
     /// Gap events written.
     pub gaps: Counter,
+    /// Liveness probes run.
+    pub liveness_probes: Counter,
     states: Vec<Gauge>,
 }
 
@@ -137,6 +147,7 @@ impl SourceCounters {
             oversized: metrics.oversized_total.get_or_create(&label).clone(),
             duplicates: metrics.duplicates_dropped_total.get_or_create(&label).clone(),
             gaps: metrics.gaps_total.get_or_create(&label).clone(),
+            liveness_probes: metrics.liveness_probes_total.get_or_create(&label).clone(),
             states,
             metrics: metrics.clone(),
             source: source.into(),
@@ -184,6 +195,10 @@ impl ConnectionStats {
             bytes: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             last_message_ms: AtomicI64::new(0),
+            last_byte_ms: AtomicI64::new(0),
+            usual_gap_us: AtomicU64::new(u64::MAX),
+            liveness_bound_ms: AtomicU64::new(0),
+            silent: AtomicBool::new(false),
             limit_track: AtomicU64::new(0),
             last_error: Mutex::new(None),
             counters,
@@ -215,10 +230,29 @@ impl ConnectionStats {
         self.last_message_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    /// Adds bytes read.
+    /// Adds bytes read (now).
     pub fn add_bytes(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
         self.bytes.fetch_add(n, Ordering::Relaxed);
         self.counters.bytes.inc_by(n);
+        self.last_byte_ms.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Events arrived: the learned gap between them and the bound it
+    /// implies; the connection is not silent.
+    pub fn set_liveness(&self, usual_gap: Option<Duration>, bound: Duration) {
+        let gap = usual_gap.map_or(u64::MAX, |g| u64::try_from(g.as_micros()).unwrap_or(u64::MAX - 1));
+        self.usual_gap_us.store(gap, Ordering::Relaxed);
+        self.liveness_bound_ms.store(u64::try_from(bound.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.silent.store(false, Ordering::Relaxed);
+    }
+
+    /// Marks the connection silent past its liveness bound, or clears it
+    /// (an event came, a probe found the stream merely quiet, a reconnect).
+    pub fn set_silent(&self, silent: bool) {
+        self.silent.store(silent, Ordering::Relaxed);
     }
 
     /// Counts a reconnect.
@@ -279,6 +313,19 @@ impl ConnectionStats {
                 0 => None,
                 v => Some(v),
             },
+            last_byte_ms: match self.last_byte_ms.load(Ordering::Relaxed) {
+                0 => None,
+                v => Some(v),
+            },
+            usual_gap: match self.usual_gap_us.load(Ordering::Relaxed) {
+                u64::MAX => None,
+                us => Some(Duration::from_micros(us)),
+            },
+            liveness_bound: match self.liveness_bound_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
+            silent: self.silent.load(Ordering::Relaxed),
             limit_track: self.limit_track.load(Ordering::Relaxed),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
@@ -310,6 +357,14 @@ pub struct ConnectionSnapshot {
     pub reconnects: u64,
     /// Unix ms of the last message.
     pub last_message_ms: Option<i64>,
+    /// Unix ms of the last byte read (heartbeats included).
+    pub last_byte_ms: Option<i64>,
+    /// The learned mean gap between events.
+    pub usual_gap: Option<Duration>,
+    /// The silence tolerated before a liveness probe (known once events came).
+    pub liveness_bound: Option<Duration>,
+    /// Silent past its liveness bound right now.
+    pub silent: bool,
     /// Last cumulative limit count.
     pub limit_track: u64,
     /// Last error.

@@ -80,6 +80,12 @@ pub struct JetstreamTable {
     /// Overrides `[backoff] stall_timeout_s` for this source.
     #[serde(default)]
     pub stall_timeout_s: Option<f64>,
+    /// Overrides `[backoff] liveness_factor` for this source.
+    #[serde(default)]
+    pub liveness_factor: Option<f64>,
+    /// Overrides `[backoff] liveness_min_s` for this source.
+    #[serde(default)]
+    pub liveness_min_s: Option<f64>,
     /// Failed attempts in a row on one host before the next is tried.
     #[serde(default = "default_failover_after")]
     pub failover_after: u32,
@@ -223,7 +229,7 @@ pub fn parse(table: serde_json::Value, ctx: &SourceContext) -> Result<JetstreamS
         )?,
         failover_after: src.failover_after,
         max_connections: src.max_connections,
-        backoff: ctx.backoff.clone(),
+        backoff: crate::settings::with_liveness(&ctx.backoff, key, src.liveness_factor, src.liveness_min_s)?,
         max_message_bytes: ctx.max_message_bytes,
     })
 }

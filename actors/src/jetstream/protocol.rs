@@ -75,6 +75,8 @@ pub struct SetFilter {
 #[derive(Debug, Clone)]
 struct OpenGap {
     reason: &'static str,
+    /// What ended the connection (`None` for a restart).
+    cause: Option<String>,
     from: DateTime<Utc>,
     /// The cursor of the request that resumed (`None`: live tail).
     cursor: Option<u64>,
@@ -224,10 +226,13 @@ impl JetstreamProtocol {
         let t = |d: DateTime<Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let payload = serde_json::json!({
             "reason": gap.reason,
+            "cause": gap.cause,
             "from": t(gap.from),
             "to": t(to),
             "host": self.host_url(),
             "cursor": gap.cursor,
+            // The schema every family shares calls a resume cursor `cursor_us`.
+            "cursor_us": gap.cursor,
             "first_time_us": first_us,
             "replayed": gap.replayed,
             // The replay reached back to events already written: nothing
@@ -316,6 +321,7 @@ impl Protocol for JetstreamProtocol {
         // A restart resumes from the stored cursor: that interruption is a gap too.
         let gap = c.resume.as_ref().map(|r| OpenGap {
             reason: "restart",
+            cause: None,
             from: DateTime::from_timestamp_micros(r.cursor_us as i64).unwrap_or_else(Utc::now),
             cursor: None,
             replayed: 0,
@@ -469,13 +475,14 @@ impl Protocol for JetstreamProtocol {
         Some(Box::new(move || store.advance(index, cursor, event, &host)))
     }
 
-    fn closed(&mut self, connected: bool) {
+    fn closed(&mut self, connected: bool, end: &StreamError) {
         self.session = None;
         if connected {
             self.failures = 0;
             if self.gap.is_none() {
                 self.gap = Some(OpenGap {
-                    reason: "reconnect",
+                    reason: end.gap_reason(),
+                    cause: Some(end.to_string()),
                     from: self.last_event_at.unwrap_or_else(Utc::now),
                     cursor: None,
                     replayed: 0,
@@ -517,6 +524,8 @@ mod tests {
             stall_timeout: Duration::from_secs(30),
             reset_after: Duration::from_secs(60),
             max_message_bytes: 1 << 20,
+            liveness_factor: 20.0,
+            liveness_min: Duration::from_secs(120),
         };
         JetstreamProtocol::new(c, &spec)
     }

@@ -54,6 +54,12 @@ pub struct MastodonTable {
     /// Overrides `[backoff] stall_timeout_s` for this source.
     #[serde(default)]
     pub stall_timeout_s: Option<f64>,
+    /// Overrides `[backoff] liveness_factor` for this source.
+    #[serde(default)]
+    pub liveness_factor: Option<f64>,
+    /// Overrides `[backoff] liveness_min_s` for this source.
+    #[serde(default)]
+    pub liveness_min_s: Option<f64>,
 }
 
 /// Validates a Mastodon source.
@@ -143,6 +149,6 @@ pub fn parse(table: serde_json::Value, ctx: &SourceContext) -> Result<MastodonSp
         )?,
         max_message_bytes: ctx.max_message_bytes,
         max_connections: src.max_connections,
-        backoff: ctx.backoff.clone(),
+        backoff: crate::settings::with_liveness(&ctx.backoff, key, src.liveness_factor, src.liveness_min_s)?,
     })
 }

@@ -17,15 +17,15 @@ use futures_util::{FutureExt, StreamExt};
 use super::catch_up::{fetch_since, id_cmp, newest_id, CatchUpError, CatchUpOutcome, CatchUpRequest};
 use super::decode::{from_sse, from_websocket, MastodonFrame, MastodonMessage};
 use super::kinds;
-use super::resume::ResumeStore;
+use super::resume::{ResumeStore, StreamPosition};
 use super::spec::{BearerToken, CatchUpLimits, Transport};
 use super::streams::{key_of_echo, MastodonStream};
-use crate::connection::actor::{Conn, ConnectionSpec, Protocol};
+use crate::connection::actor::{Conn, ConnectionSpec, Protocol, Silence};
 use crate::connection::http::{self, BodyKind};
 use crate::connection::link::{Input, Link};
 use crate::connection::stats::ConnectionStats;
 use crate::delivery::ack::OnWritten;
-use crate::error::StreamError;
+use crate::error::{DisconnectCause, StreamError};
 use crate::event::{Event, EventKind};
 
 /// Statuses after which retrying the same request cannot help (B.7, SPEC 5).
@@ -83,6 +83,9 @@ pub struct SubscriptionRejected {
 
 type CatchUpDone = (String, u64, Result<CatchUpOutcome, CatchUpError>);
 
+/// The gap reason of a liveness probe that found what the stream withheld.
+const SILENT_STREAM: &str = "silent_stream";
+
 /// One Mastodon connection's protocol state.
 pub struct MastodonProtocol {
     spec: MastodonConnection,
@@ -92,8 +95,17 @@ pub struct MastodonProtocol {
     max_message_bytes: usize,
     /// The streams it should carry, by key.
     wanted: BTreeMap<String, MastodonStream>,
-    /// Streams whose gap no catch-up has closed yet: key to when it began.
-    open_gaps: HashMap<String, DateTime<Utc>>,
+    /// Streams whose gap no catch-up has closed yet: key to when it began and why.
+    open_gaps: HashMap<String, OpenGap>,
+    /// When the last input (event or heartbeat) arrived: where a reconnect's gap begins.
+    last_input_at: Option<DateTime<Utc>>,
+    /// A liveness probe found statuses the stream did not deliver: reconnect
+    /// once its catch-ups are written.
+    probe_found: bool,
+    /// The newest id per stream handed to the planner, written or not yet:
+    /// a reconnect within this process catches up from here (the planner
+    /// delivers what it holds), a restart from the written positions.
+    handed: HashMap<String, StreamPosition>,
     /// The open connection's state.
     session: Option<Session>,
     /// Positions to record once the events of this step are delivered.
@@ -152,6 +164,7 @@ struct Slot {
 /// A catch-up in flight for one stream.
 struct CatchingUp {
     reason: &'static str,
+    cause: Option<String>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     since_id: String,
@@ -164,9 +177,18 @@ struct CatchingUp {
     newest_live: Option<Box<str>>,
 }
 
+/// A stream's gap, open until the next connection's catch-up closes it.
+#[derive(Debug, Clone)]
+struct OpenGap {
+    from: DateTime<Utc>,
+    reason: &'static str,
+    cause: String,
+}
+
 /// What a gap event says.
 struct GapReport {
     reason: &'static str,
+    cause: Option<String>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     since_id: Option<String>,
@@ -186,6 +208,24 @@ fn tracked_kind(stream: &MastodonStream) -> EventKind {
 }
 
 impl MastodonProtocol {
+    /// Where catch-up for `key` starts: the newer of the written position
+    /// and what this process already handed to the planner.
+    fn resume_point(&self, key: &str) -> Option<StreamPosition> {
+        let written = self.spec.positions.position(key);
+        match (written, self.handed.get(key)) {
+            (Some(w), Some(h)) if id_cmp(&h.last_id, &w.last_id).is_gt() => Some(h.clone()),
+            (None, Some(h)) => Some(h.clone()),
+            (w, _) => w,
+        }
+    }
+
+    /// A liveness probe's catch-ups are still running.
+    fn probing(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| {
+            s.slots.values().any(|slot| slot.catching_up.as_ref().is_some_and(|c| c.reason == SILENT_STREAM))
+        })
+    }
+
     fn stream_names(&self) -> Vec<String> {
         self.wanted.values().map(MastodonStream::config_name).collect()
     }
@@ -206,6 +246,7 @@ impl MastodonProtocol {
     fn gap_event(&self, echo: &Arc<[String]>, r: &GapReport) -> Event {
         let mut payload = serde_json::json!({
             "reason": r.reason,
+            "cause": r.cause,
             "stream": &**echo,
             "from": r.from.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             "to": r.to.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
@@ -238,13 +279,13 @@ impl MastodonProtocol {
             let anchored = self.anchored.remove(&key);
             if after_connect && !anchored {
                 let opened = self.open_gaps.remove(&key);
-                let position = self.spec.positions.position(&key);
+                let position = self.resume_point(&key);
                 let gap = match (opened, &position) {
-                    (Some(from), _) => Some(("reconnect", from)),
-                    (None, Some(p)) => Some(("restart", p.last_at)),
+                    (Some(g), _) => Some((g.reason, g.from, Some(g.cause))),
+                    (None, Some(p)) => Some(("restart", p.last_at, None)),
                     (None, None) => None,
                 };
-                if let Some((reason, from)) = gap {
+                if let Some((reason, from, cause)) = gap {
                     let request =
                         position.as_ref().and_then(|p| self.catch_up_request(&slot.stream, p.last_id.clone()));
                     match (position, request) {
@@ -262,6 +303,7 @@ impl MastodonProtocol {
                             );
                             slot.catching_up = Some(CatchingUp {
                                 reason,
+                                cause,
                                 from,
                                 to: now,
                                 since_id: p.last_id,
@@ -282,6 +324,7 @@ impl MastodonProtocol {
                             // Nothing to merge it with: it goes out now, in order.
                             let report = GapReport {
                                 reason,
+                                cause,
                                 from,
                                 to: now,
                                 since_id: position.map(|p| p.last_id),
@@ -437,8 +480,14 @@ impl MastodonProtocol {
         if duplicates > 0 {
             conn.stats.counters().duplicates.inc_by(duplicates);
         }
+        // A liveness probe that found the stream merely quiet: nothing missed, no gap.
+        let quiet_probe = cu.reason == SILENT_STREAM && recovered == 0 && complete;
+        if cu.reason == SILENT_STREAM && !quiet_probe {
+            self.probe_found = true;
+        }
         let report = GapReport {
             reason: cu.reason,
+            cause: cu.cause,
             from: cu.from,
             to: cu.to,
             since_id: Some(cu.since_id),
@@ -447,8 +496,10 @@ impl MastodonProtocol {
             complete,
             note,
         };
-        out.push(self.gap_event(&echo, &report));
-        conn.stats.counters().gaps.inc();
+        if !quiet_probe {
+            out.push(self.gap_event(&echo, &report));
+            conn.stats.counters().gaps.inc();
+        }
         let newest = [until_id, cu.newest_live].into_iter().flatten().max_by(|a, b| id_cmp(a, b));
         if let Some(slot) = self.session.as_mut().and_then(|s| s.slots.get_mut(&key)) {
             slot.recovered = Some((Instant::now(), recovered_ids));
@@ -580,6 +631,9 @@ impl Protocol for MastodonProtocol {
             max_message_bytes: spec.max_message_bytes,
             wanted,
             open_gaps: HashMap::new(),
+            last_input_at: None,
+            probe_found: false,
+            handed: HashMap::new(),
             session: None,
             advance: Vec::new(),
             anchored: HashSet::new(),
@@ -646,6 +700,7 @@ impl Protocol for MastodonProtocol {
     }
 
     fn input(&mut self, input: Input, conn: &mut Conn<Self>) -> Option<StreamError> {
+        self.last_input_at = Some(Utc::now());
         match input {
             Input::Sse(ev) => match from_sse(&ev.event, &ev.data) {
                 Ok(m) => self.live(m, conn),
@@ -678,6 +733,10 @@ impl Protocol for MastodonProtocol {
     }
 
     async fn sync(&mut self, link: &mut Link, conn: &mut Conn<Self>) -> Result<(), StreamError> {
+        if std::mem::take(&mut self.probe_found) && !self.probing() {
+            tracing::warn!(connection = %self.id, "the stream withheld statuses its timeline has: reconnecting");
+            return Err(StreamError::Retryable(DisconnectCause::Silent));
+        }
         match self.spec.transport {
             Transport::WebSocket => self.sync_subscriptions(link, false, conn).await,
             // An SSE connection carries one stream; its planner opens and closes connections instead.
@@ -697,6 +756,14 @@ impl Protocol for MastodonProtocol {
 
     fn side_done(&mut self, done: CatchUpDone, conn: &mut Conn<Self>) -> bool {
         self.catch_up_done(done, conn);
+        if self.probing() {
+            return false;
+        }
+        if self.probe_found {
+            // `sync` ends the connection, after this step's events are out.
+            return true;
+        }
+        conn.stats.set_silent(false);
         false
     }
 
@@ -705,6 +772,12 @@ impl Protocol for MastodonProtocol {
             return None;
         }
         let (positions, advance) = (self.spec.positions.clone(), std::mem::take(&mut self.advance));
+        for (key, id, at) in &advance {
+            let newer = self.handed.get(key).map_or(true, |h| id_cmp(id, &h.last_id).is_gt());
+            if newer {
+                self.handed.insert(key.clone(), StreamPosition { last_id: id.to_string(), last_at: *at });
+            }
+        }
         Some(Box::new(move || {
             for (key, id, at) in advance {
                 positions.advance(&key, &id, at);
@@ -712,15 +785,74 @@ impl Protocol for MastodonProtocol {
         }))
     }
 
-    fn closed(&mut self, connected: bool) {
+    fn silent(&mut self, conn: &mut Conn<Self>) -> Silence {
+        let now = Utc::now();
+        let Some(session) = self.session.as_ref() else { return Silence::Reconnect };
+        let keys: Vec<String> =
+            session.slots.iter().filter(|(_, s)| s.catching_up.is_none()).map(|(k, _)| k.clone()).collect();
+        let mut probes = 0;
+        let mut checkable = false;
+        for key in keys {
+            let Some(slot) = self.session.as_ref().and_then(|s| s.slots.get(&key)) else { continue };
+            let stream = slot.stream.clone();
+            let generation = slot.generation;
+            checkable |= self.spec.catch_up.is_some() && stream.catch_up_source().is_some();
+            // A stream that never delivered anything has no id to ask past.
+            let Some(position) = self.resume_point(&key) else { continue };
+            let Some(request) = self.catch_up_request(&stream, position.last_id.clone()) else { continue };
+            let Some(session) = self.session.as_mut() else { break };
+            let client = session.client.clone();
+            let k = key.clone();
+            session.queued.push_back(
+                async move {
+                    let result = fetch_since(&client, &request).await;
+                    (k, generation, result)
+                }
+                .boxed_local(),
+            );
+            if let Some(slot) = session.slots.get_mut(&key) {
+                slot.catching_up = Some(CatchingUp {
+                    reason: SILENT_STREAM,
+                    cause: Some("no event within the liveness bound; the stream's timeline was asked".into()),
+                    from: position.last_at,
+                    to: now,
+                    since_id: position.last_id,
+                    pending: Vec::new(),
+                    merged: false,
+                    live_ids: HashSet::new(),
+                    newest_live: None,
+                });
+            }
+            probes += 1;
+        }
+        if let Some(session) = self.session.as_mut() {
+            session.run_catch_ups();
+        }
+        match (probes, checkable) {
+            (0, false) => Silence::Reconnect,
+            (0, true) => {
+                // Nothing delivered yet on any stream: nothing to compare a timeline with.
+                conn.stats.set_silent(false);
+                Silence::Probing
+            }
+            _ => Silence::Probing,
+        }
+    }
+
+    fn closed(&mut self, connected: bool, end: &StreamError) {
         self.session = None;
         if connected {
-            // Every stream this connection carried now has a gap, from now.
-            let now = Utc::now();
+            // Every stream this connection carried now has a gap, from its last byte.
+            let from = self.last_input_at.unwrap_or_else(Utc::now);
+            let reason = match end {
+                StreamError::Retryable(DisconnectCause::Stall) => "stall",
+                _ => "reconnect",
+            };
             for key in self.wanted.keys() {
-                self.open_gaps.entry(key.clone()).or_insert(now);
+                self.open_gaps.entry(key.clone()).or_insert_with(|| OpenGap { from, reason, cause: end.to_string() });
             }
         }
+        self.probe_found = false;
     }
 }
 

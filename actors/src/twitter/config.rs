@@ -102,6 +102,12 @@ pub struct TwitterTable {
     /// Overrides `[backoff] stall_timeout_s` for this source.
     #[serde(default)]
     pub stall_timeout_s: Option<f64>,
+    /// Overrides `[backoff] liveness_factor` for this source.
+    #[serde(default)]
+    pub liveness_factor: Option<f64>,
+    /// Overrides `[backoff] liveness_min_s` for this source.
+    #[serde(default)]
+    pub liveness_min_s: Option<f64>,
 }
 
 fn default_base_url(endpoint: TwitterEndpoint) -> &'static str {
@@ -242,7 +248,7 @@ pub fn parse(
         max_connections: src.max_connections,
         stall_timeout: stall_timeout(&key("stall_timeout_s"), src.stall_timeout_s, ctx.stall_timeout)?,
         max_message_bytes: ctx.max_message_bytes,
-        backoff: ctx.backoff.clone(),
+        backoff: crate::settings::with_liveness(&ctx.backoff, key, src.liveness_factor, src.liveness_min_s)?,
         share,
         update_min: secs(&key("update.min_delay_s"), src.update.min_delay_s)?,
         update_max: secs(&key("update.max_delay_s"), src.update.max_delay_s)?,

@@ -18,6 +18,7 @@ use super::protocol::{SetRequest, TwitterConnection, TwitterNotice, TwitterProto
 use super::request::{twitter_request, StreamRequest, TwitterEndpoint, TwitterQuery};
 use super::shards::{plan_shards, SITE_MAX_CONNECT_FOLLOWS};
 use super::spec::TwitterSpec;
+use super::watermark::Watermark;
 use crate::connection::stats::Carries;
 use crate::follow_delta::FollowStore;
 use crate::messages::{ChangeFollows, Consolidated, FollowsChanged, PlanError};
@@ -48,7 +49,12 @@ pub struct TwitterFamily {
     follow_store: Option<FollowStore>,
     scheduler: UpdateScheduler,
     update_timer: Option<(SpawnHandle, Instant)>,
+    /// The newest event every sink wrote, for the next start's restart gap.
+    watermark: Arc<Watermark>,
 }
+
+/// How often a moved watermark is written to `state_dir`.
+const WATERMARK_FLUSH_EVERY: Duration = Duration::from_millis(500);
 
 type P = ShardPlanner<TwitterFamily>;
 
@@ -61,7 +67,14 @@ impl TwitterFamily {
             follow_store: None,
             scheduler: UpdateScheduler::new(spec.update_min, spec.update_max),
             update_timer: None,
+            watermark: Arc::new(Watermark::in_memory()),
             spec,
+        }
+    }
+
+    fn flush_watermark(&self) {
+        if let Err(e) = self.watermark.flush() {
+            tracing::error!(source = %self.spec.name, error = %e, "cannot write the written-events watermark");
         }
     }
 
@@ -377,6 +390,13 @@ impl Family for TwitterFamily {
         let (store, delta) = FollowStore::open(&p.family.spec.share.placement, &p.ctx.state_dir, p.name());
         (p.family.follow_store, p.family.delta) = (store, delta);
         p.family.spec.query.follow = p.family.desired_follows();
+        match Watermark::open(Watermark::path(&p.ctx.state_dir, p.name())) {
+            Ok(w) => p.family.watermark = Arc::new(w),
+            Err(e) => {
+                tracing::error!(source = %p.name(), error = %e, "cannot read the written-events watermark; no restart gap this time")
+            }
+        }
+        ctx.run_interval(WATERMARK_FLUSH_EVERY, |p, _| p.family.flush_watermark());
         if !p.family.spec.share.runs_here {
             tracing::info!(source = %p.name(), instance = %p.family.spec.share.placement, "another instance runs this source");
             return;
@@ -401,6 +421,7 @@ impl Family for TwitterFamily {
             request: p.family.request_for(&shard.query),
             credentials: spec.credentials[shard.credential].clone(),
             delimiting: if spec.query.delimited { Delimiting::Length } else { Delimiting::Lines },
+            watermark: p.family.watermark.clone(),
         }
     }
 
@@ -549,5 +570,9 @@ impl Family for TwitterFamily {
         if let Some((handle, _)) = p.family.update_timer.take() {
             ctx.cancel_future(handle);
         }
+    }
+
+    fn stopped(p: &mut P) {
+        p.family.flush_watermark();
     }
 }

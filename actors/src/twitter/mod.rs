@@ -3,7 +3,8 @@
 //! source; `shards` and `plan` split it into connections (pure);
 //! `family` keeps the plan true as follows change (make-before-break,
 //! control streams); `protocol` runs one connection (`request` signs it,
-//! `framing` and `classify` read it; `kinds` is the event catalogue).
+//! `framing` and `classify` read it; `kinds` is the event catalogue;
+//! `watermark` keeps what was written for the next start's restart gap).
 
 pub mod classify;
 pub mod config;
@@ -18,3 +19,4 @@ pub mod request;
 pub mod shards;
 pub mod source;
 pub mod spec;
+pub mod watermark;

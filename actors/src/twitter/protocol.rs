@@ -2,20 +2,26 @@
 //! request, frame the chunked body (CRLF lines or `delimited=length`),
 //! classify each message by its top-level keys, and act on what the stream
 //! itself says (limit counts, the site stream's control URI, disconnect
-//! messages). A changed request takes effect at the next connect.
+//! messages). A changed request takes effect at the next connect. Every
+//! interruption is written as a `gap` event before the first message after it.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::classify::classify_twitter;
 use super::framing::{Delimiting, Frame, Framer};
 use super::kinds;
 use super::request::{sign, Method, OAuthCredentials, StreamRequest};
+use super::watermark::Watermark;
 use crate::connection::actor::{Conn, ConnectionSpec, Protocol};
 use crate::connection::http::{self, BodyKind};
 use crate::connection::link::{snippet, Input, Link};
 use crate::connection::stats::ConnectionStats;
+use crate::delivery::ack::OnWritten;
 use crate::error::{DisconnectCause, StreamError};
+use crate::event::{EventKind, GapPayload};
 
 /// Statuses after which retrying the same request cannot help (SPEC 5).
 const FATAL_STATUSES: [u16; 7] = [401, 403, 404, 406, 413, 416, 422];
@@ -29,6 +35,8 @@ pub struct TwitterConnection {
     pub credentials: OAuthCredentials,
     /// Body framing.
     pub delimiting: Delimiting,
+    /// The source's acknowledged watermark, shared by its connections.
+    pub watermark: Arc<Watermark>,
 }
 
 /// Replace the request a connection uses for its next (re)connect; a live
@@ -57,6 +65,23 @@ pub struct TwitterProtocol {
     max_message_bytes: usize,
     stall_timeout: std::time::Duration,
     framer: Framer,
+    /// When the last bytes arrived: where the gap of an interruption begins.
+    last_byte_at: Option<DateTime<Utc>>,
+    /// An interruption whose gap event waits for the first message after it.
+    gap: Option<OpenGap>,
+    /// The newest event of this step, recorded in the watermark once written.
+    newest: Option<DateTime<Utc>>,
+}
+
+/// An interruption not yet closed by a message.
+#[derive(Debug)]
+struct OpenGap {
+    reason: &'static str,
+    cause: Option<String>,
+    from: DateTime<Utc>,
+    /// The highest cumulative `limit.track` the new connection reported
+    /// before its first other message: tweets withheld inside the gap.
+    limit_omitted: u64,
 }
 
 impl Protocol for TwitterProtocol {
@@ -71,7 +96,23 @@ impl Protocol for TwitterProtocol {
 
     fn new(config: TwitterConnection, spec: &ConnectionSpec) -> Self {
         let framer = Framer::new(config.delimiting, spec.max_message_bytes);
-        TwitterProtocol { config, max_message_bytes: spec.max_message_bytes, stall_timeout: spec.stall_timeout, framer }
+        // What a previous run wrote last, claimed by the first connection
+        // that delivers: the restart gap runs from there.
+        let gap = config.watermark.take_previous().map(|from| OpenGap {
+            reason: "restart",
+            cause: Some("the process was stopped".into()),
+            from,
+            limit_omitted: 0,
+        });
+        TwitterProtocol {
+            config,
+            max_message_bytes: spec.max_message_bytes,
+            stall_timeout: spec.stall_timeout,
+            framer,
+            last_byte_at: None,
+            gap,
+            newest: None,
+        }
     }
 
     async fn open(&mut self, conn: &mut Conn<Self>) -> Result<Link, StreamError> {
@@ -112,6 +153,7 @@ impl Protocol for TwitterProtocol {
         let Input::Bytes(chunk) = input else { return None };
         self.framer.push(&chunk);
         let received_at = Utc::now();
+        self.last_byte_at = Some(received_at);
         while let Some(frame) = self.framer.next_frame() {
             let payload = match frame {
                 Frame::Message(m) => m,
@@ -136,6 +178,17 @@ impl Protocol for TwitterProtocol {
             if let Some(track) = c.limit_track {
                 conn.stats.set_limit_track(track);
             }
+            if let Some(gap) = self.gap.as_mut() {
+                if c.kind == kinds::LIMIT {
+                    gap.limit_omitted = gap.limit_omitted.max(c.limit_track.unwrap_or(0));
+                } else {
+                    let gap = self.gap.take();
+                    if let Some(gap) = gap {
+                        push_gap(conn, &gap, received_at);
+                    }
+                }
+            }
+            self.newest = Some(received_at);
             if let Some(control_uri) = c.control_uri.clone() {
                 conn.notice(TwitterNotice::ControlAnnounced { control_uri });
             }
@@ -154,6 +207,44 @@ impl Protocol for TwitterProtocol {
     fn apply(&mut self, command: SetRequest, _: &ConnectionStats) {
         self.config.request = command.0;
     }
+
+    fn written(&mut self) -> Option<OnWritten> {
+        let at = self.newest.take()?;
+        let watermark = self.config.watermark.clone();
+        Some(Box::new(move || watermark.advance(at)))
+    }
+
+    fn closed(&mut self, connected: bool, end: &StreamError) {
+        // A failed attempt extends the open gap; a stop or a final end leaves none.
+        if !connected || !matches!(end, StreamError::Retryable(_)) {
+            return;
+        }
+        let from = self.last_byte_at.unwrap_or_else(Utc::now);
+        match self.gap.as_mut() {
+            // Answered but nothing came before it ended: the same interruption.
+            Some(gap) => gap.cause = Some(end.to_string()),
+            None => {
+                self.gap =
+                    Some(OpenGap { reason: end.gap_reason(), cause: Some(end.to_string()), from, limit_omitted: 0 })
+            }
+        }
+    }
+}
+
+/// Writes the gap event of `gap`, closed by a message received at `to`.
+fn push_gap(conn: &mut Conn<TwitterProtocol>, gap: &OpenGap, to: DateTime<Utc>) {
+    let payload = GapPayload {
+        reason: gap.reason,
+        cause: gap.cause.as_deref(),
+        from: Some(gap.from),
+        to,
+        limit_omitted: Some(gap.limit_omitted),
+        ..GapPayload::default()
+    };
+    tracing::info!(connection = %conn.spec.id, reason = gap.reason, from = %gap.from, %to, limit_omitted = gap.limit_omitted, "stream resumed after a gap");
+    conn.stats.counters().gaps.inc();
+    let event = conn.event(EventKind::GAP, None, to, payload.to_bytes());
+    conn.push(event);
 }
 
 /// What a disconnect message means for the connection (protocols.md A.5).
