@@ -190,7 +190,7 @@ impl Protocol for SseProtocol {
         }))
     }
 
-    fn closed(&mut self, _: bool) {
+    fn closed(&mut self, _: bool, _: &streamherd_actors::error::StreamError) {
         self.save();
     }
 }

@@ -1,6 +1,7 @@
-//! The command line (SPEC 2): `run`, `check`, `probe`, `simulate`, logging
-//! and exit codes. [`main`] takes the registries, so a binary that adds its
-//! own source or sink kinds gets the same commands by calling it.
+//! The command line (SPEC 2): `run`, `check`, `probe`, `simulate`,
+//! `coverage`, logging and exit codes. [`main`] takes the registries, so a
+//! binary that adds its own source or sink kinds gets the same commands by
+//! calling it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use streamherd_actors::source::SourceRegistry;
 
 use crate::app;
 use crate::config::{self, LogFormat, Registries};
+use crate::coverage::{self, By, Timestamp};
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +54,24 @@ enum Command {
         /// Messages per second per connection (0 = unthrottled)
         #[arg(long, default_value_t = 200)]
         rate: u32,
+    },
+    /// Report what the file sinks' archive covers: events, gaps, omissions per source and hour
+    Coverage {
+        /// Only what was received at or after this (RFC 3339, YYYY-MM-DD or YYYY-MM-DDTHH; UTC)
+        #[arg(long, value_parser = coverage::parse_time)]
+        since: Option<Timestamp>,
+        /// Only what was received before this (same forms as --since)
+        #[arg(long, value_parser = coverage::parse_time)]
+        until: Option<Timestamp>,
+        /// Only this source
+        #[arg(long)]
+        source: Option<String>,
+        /// Bucket size
+        #[arg(long, value_enum, default_value_t = By::Hour)]
+        by: By,
+        /// Also write a self-contained HTML page with a timeline per source
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
 }
 
@@ -128,6 +148,23 @@ pub fn main(sources: SourceRegistry, sinks: SinkRegistry) -> ! {
                     } else {
                         2
                     }
+                }
+            }
+        }
+        Command::Coverage { since, until, source, by, html } => {
+            let config = load_or_exit(&path, &registries);
+            let options = coverage::Options { since, until, source, by, html, cwd: coverage::current_dir() };
+            match coverage::run(&config, &options) {
+                Ok(outcome) => {
+                    for warning in &outcome.warnings {
+                        eprintln!("streamherd: warning: {warning}");
+                    }
+                    print!("{}", outcome.text);
+                    0
+                }
+                Err(e) => {
+                    eprintln!("streamherd: {e}");
+                    e.exit_code()
                 }
             }
         }

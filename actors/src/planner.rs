@@ -362,6 +362,16 @@ impl<F: Family> Handler<Report<Notice<F>>> for ShardPlanner<F> {
                 if let Some(old) = shard.replaces.take() {
                     if let Some(o) = self.shards.get_mut(&old) {
                         o.retiring = true;
+                        if o.phase != Phase::Connected {
+                            // The old connection was down when the new one
+                            // answered: nothing overlapped, and its own gap dies
+                            // with it, so the hand-over names the hole.
+                            let gap = handover_gap(&self.basics.name, &msg.connection, &o.stats);
+                            if let Some(counters) = &self.counters {
+                                counters.gaps.inc();
+                            }
+                            ctx.wait(self.handoff.deliver(vec![gap], None).into_actor(self));
+                        }
                     }
                     ctx.run_later(HANDOVER_OVERLAP, move |act, ctx| {
                         act.retire(old);
@@ -433,6 +443,35 @@ impl<F: Family> Handler<ReloadSource> for ShardPlanner<F> {
                 self.basics.name
             ))),
         }
+    }
+}
+
+/// The gap of a make-before-break hand-over whose old connection was not
+/// streaming when the new one answered: from its last byte to now.
+fn handover_gap(source: &Arc<str>, new: &Arc<str>, old: &ConnectionStats) -> crate::event::Event {
+    let snap = old.snapshot();
+    let from = snap.last_byte_ms.or(snap.last_message_ms).and_then(chrono::DateTime::from_timestamp_millis);
+    let now = chrono::Utc::now();
+    let note =
+        format!("{} was {} when {new} replaced it; the overlap could not be confirmed", snap.id, snap.state.as_str());
+    let payload = crate::event::GapPayload {
+        reason: "handover",
+        cause: snap.last_error.as_deref(),
+        from,
+        to: now,
+        note: Some(&note),
+        ..crate::event::GapPayload::default()
+    };
+    tracing::warn!(connection = %new, replaced = %snap.id, "hand-over without an overlap: writing a gap event");
+    crate::event::Event {
+        source: source.clone(),
+        kind: EventKind::GAP,
+        id: None,
+        received_at: now,
+        connection: new.clone(),
+        for_user: None,
+        stream: None,
+        payload: payload.to_bytes(),
     }
 }
 

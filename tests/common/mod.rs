@@ -316,6 +316,22 @@ pub fn waits_between_attempts(sim: &SimHandle) -> Vec<Duration> {
         .collect()
 }
 
+/// The most attempts in any one-second window of `at`, and the time from
+/// the first to the last.
+pub fn busiest_second(at: &[Instant]) -> (usize, Duration) {
+    let mut at = at.to_vec();
+    at.sort();
+    let busiest = (0..at.len())
+        .map(|i| at[i..].iter().take_while(|t| **t < at[i] + Duration::from_secs(1)).count())
+        .max()
+        .unwrap_or(0);
+    let spread = match (at.first(), at.last()) {
+        (Some(a), Some(b)) => *b - *a,
+        _ => Duration::ZERO,
+    };
+    (busiest, spread)
+}
+
 /// A free loopback port (for processes that must be told their port up front).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -36,7 +36,7 @@ const WRITE_BUFFER_BYTES: usize = 4 << 20;
 const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The placeholder for the event's (sanitised) source name.
-const SOURCE_PLACEHOLDER: &str = "{source}";
+pub const SOURCE_PLACEHOLDER: &str = "{source}";
 
 const fn default_rotate_bytes() -> u64 {
     1 << 30
@@ -142,8 +142,9 @@ fn remove_dirs(dirs: &[PathBuf]) {
 }
 
 /// Makes a source name safe as one path component: it cannot name a parent
-/// directory or contain a separator, whatever the config says.
-fn sanitise_source(source: &str) -> String {
+/// directory or contain a separator, whatever the config says. Public so
+/// that readers of the archive (`streamherd coverage`) find the same paths.
+pub fn sanitise_source(source: &str) -> String {
     let mut name: String = source.chars().map(|c| if matches!(c, '/' | '\\' | '\0') { '_' } else { c }).collect();
     if name.contains("..") {
         name = name.replace("..", "__");
