@@ -153,6 +153,40 @@ pub fn handle_signals(supervisor: Addr<StreamSupervisor>) {
     });
 }
 
+/// SIGHUP reloads like `POST /update` (the config's predicates and follow
+/// files); SIGUSR1 and SIGUSR2 are logged and ignored rather than killing
+/// the process (their default action).
+pub fn handle_reload_signals(supervisor: Addr<StreamSupervisor>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    actix_rt::spawn(async move {
+        let (Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) =
+            (signal(SignalKind::hangup()), signal(SignalKind::user_defined1()), signal(SignalKind::user_defined2()))
+        else {
+            tracing::error!("cannot install the SIGHUP / SIGUSR handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                Some(()) = hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the config's predicates and follow files");
+                    match supervisor.send(streamherd_actors::supervisor::ReloadSources).await {
+                        Ok(Ok(answers)) => {
+                            for (source, changed) in &answers {
+                                tracing::info!(source = %source, follows = changed.follows, added = changed.added, removed = changed.removed, applied = %changed.applied, "predicates reloaded on SIGHUP");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP reload failed; the running config stays"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP reload could not reach the supervisor"),
+                    }
+                }
+                Some(()) = usr1.recv() => tracing::info!("SIGUSR1 ignored (SIGHUP reloads, SIGTERM stops)"),
+                Some(()) = usr2.recv() => tracing::info!("SIGUSR2 ignored (SIGHUP reloads, SIGTERM stops)"),
+                else => return,
+            }
+        }
+    });
+}
+
 /// `streamherd run`: blocks until the service stops; returns the exit code.
 pub fn run(config: Config, registries: Registries) -> anyhow::Result<i32> {
     let system = actix_rt::System::new();
@@ -160,6 +194,7 @@ pub fn run(config: Config, registries: Registries) -> anyhow::Result<i32> {
     let _running = system.block_on(async {
         let running = start(&config, &registries).await?;
         handle_signals(running.supervisor.clone());
+        handle_reload_signals(running.supervisor.clone());
         anyhow::Ok(running)
     })?;
     let code = system.run_with_code()?;

@@ -333,3 +333,51 @@ async fn four_connections_share_one_file_without_interleaving() {
     assert!(envs.iter().all(|e| sent_payloads.contains(e.payload.as_bytes())));
     sim.stop().await;
 }
+
+/// SIGHUP reloads like `POST /update` and SIGUSR1 is ignored: neither
+/// ends the process (their default action would).
+#[test]
+fn sighup_reloads_the_follows_and_sigusr1_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = |follows: &str| {
+        Conf::new()
+            .service("log_format = \"json\"")
+            .table(&format!("[simulator]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nrate = 20"))
+            .source(
+                "f",
+                "twitter.filter",
+                &format!(
+                    "base_url = \"http://127.0.0.1:{port}\"\nfollow = [{follows}]\nupdate = {{ min_delay_s = 0.05, max_delay_s = 0.1 }}\n{DEMO_AUTH}"
+                ),
+            )
+            .file_sink("")
+            .write_to(dir.path())
+    };
+    conf("1, 2");
+    let log = dir.path().join("stderr.log");
+    let mut child =
+        spawn(streamherd(&[], dir.path()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()));
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let data = dir.path().join("data/f.jsonl");
+    wait_blocking(Duration::from_secs(20), "streaming", || std::fs::metadata(&data).is_ok_and(|m| m.len() > 0));
+
+    signal(&child, libc::SIGUSR1);
+    wait_blocking(Duration::from_secs(10), "SIGUSR1 logged", || text().contains("SIGUSR1 ignored"));
+    assert!(child.0.try_wait().unwrap().is_none(), "SIGUSR1 must not end the process");
+
+    let connects = || text().matches("\"message\":\"connecting\"").count();
+    let before = connects();
+    assert!(before >= 1, "{}", text());
+    conf("1, 2, 3");
+    signal(&child, libc::SIGHUP);
+    wait_blocking(Duration::from_secs(10), "the reload", || text().contains("predicates reloaded on SIGHUP"));
+    let line = text().lines().find(|l| l.contains("predicates reloaded on SIGHUP")).unwrap().to_owned();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!((v["fields"]["follows"].as_u64(), v["fields"]["added"].as_u64()), (Some(3), Some(1)), "{line}");
+    // The change takes effect: the stream reconnects carrying the new follow.
+    wait_blocking(Duration::from_secs(10), "the new request", || connects() > before);
+    assert!(child.0.try_wait().unwrap().is_none(), "SIGHUP must not end the process");
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit_blocking(&mut child, Duration::from_secs(20)), 0, "SIGTERM is still a clean stop");
+}
