@@ -569,6 +569,28 @@ async fn metrics_are_openmetrics_text_with_every_spec_name() {
 }
 
 #[actix_rt::test]
+async fn every_reconnect_cause_is_exported_at_zero_before_any_reconnect() {
+    let h = Harness::start(&sample("firehose"), Some(TOKEN)).await;
+    let e = eventually(T, "the connection up", || async {
+        let e = parse_openmetrics(&h.api.get("/metrics").await.text());
+        let up = e.samples.iter().any(|s| s.0 == "streamherd_connections" && s.1["state"] == "connected" && s.2 == 1.0);
+        up.then_some(e)
+    })
+    .await;
+    for cause in streamherd_actors::error::DisconnectCause::LABELS {
+        let sample = e
+            .samples
+            .iter()
+            .find(|s| s.0 == "streamherd_reconnects_total" && s.1["source"] == "firehose" && s.1["cause"] == cause);
+        assert_eq!(sample.map(|s| s.2), Some(0.0), "streamherd_reconnects_total{{cause=\"{cause}\"}} at 0");
+    }
+    for family in ["streamherd_limit_omitted", "streamherd_liveness_probes_total", "streamherd_gaps_total"] {
+        assert!(e.samples.iter().any(|s| s.0 == family && s.1["source"] == "firehose"), "{family} present");
+    }
+    h.stop().await;
+}
+
+#[actix_rt::test]
 async fn posting_follows_changes_the_plan_and_persists() {
     let h = Harness::start(&format!("{}{}{}", site("site", 1..=3), filter("filtered"), sample("firehose")), None).await;
     eventually(T, "the site connection", || async { (h.followed().await == (1..=3).collect()).then_some(()) }).await;

@@ -139,7 +139,14 @@ impl SourceCounters {
                     .clone()
             })
             .collect();
+        // Every family is present from the first scrape: the known causes at 0.
+        for cause in crate::error::DisconnectCause::LABELS {
+            let _ = metrics
+                .reconnects_total
+                .get_or_create(&SourceCauseLabels { source: source.to_owned(), cause: cause.to_owned() });
+        }
         let label = Metrics::source(source);
+        let _ = metrics.limit_omitted.get_or_create(&label);
         SourceCounters {
             events,
             bytes: metrics.bytes_total.get_or_create(&label).clone(),
