@@ -569,6 +569,47 @@ async fn metrics_are_openmetrics_text_with_every_spec_name() {
 }
 
 #[actix_rt::test]
+async fn accept_text_plain_gets_the_classic_format_that_promtool_lints_clean() {
+    let h = Harness::start(&sample("firehose"), Some(TOKEN)).await;
+    eventually(T, "events counted", || async {
+        h.api.get("/metrics").await.text().contains("streamherd_events_total{").then_some(())
+    })
+    .await;
+    let r =
+        h.api.send(h.api.request(Method::GET, "/metrics").insert_header((header::ACCEPT, "text/plain")), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header(header::CONTENT_TYPE), "text/plain; version=0.0.4; charset=utf-8");
+    let text = r.text();
+    assert!(!text.contains("# EOF") && text.contains("# TYPE streamherd_events_total counter"), "{text:.400}");
+    let promtool =
+        ["/usr/bin/promtool", "/usr/local/bin/promtool"].into_iter().find(|p| std::path::Path::new(p).exists());
+    match promtool {
+        Some(promtool) => {
+            use std::io::Write;
+            let mut child = std::process::Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("promtool runs");
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
+        }
+        None if std::env::var_os("STREAMHERD_SKIP_PROMTOOL").is_some() => {
+            eprintln!("promtool not installed and STREAMHERD_SKIP_PROMTOOL set: lint skipped");
+        }
+        None => panic!("promtool is not installed: .ci/run installs it (Debian's prometheus package); set STREAMHERD_SKIP_PROMTOOL=1 to skip"),
+    }
+    // Without text/plain it stays OpenMetrics.
+    let r = h.api.get("/metrics").await;
+    assert_eq!(r.header(header::CONTENT_TYPE), "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    h.stop().await;
+}
+
+#[actix_rt::test]
 async fn every_reconnect_cause_is_exported_at_zero_before_any_reconnect() {
     let h = Harness::start(&sample("firehose"), Some(TOKEN)).await;
     let e = eventually(T, "the connection up", || async {

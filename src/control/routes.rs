@@ -231,16 +231,66 @@ async fn streams(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().json(rows)
 }
 
-/// `GET /metrics`: the SPEC 8 families as OpenMetrics text.
-async fn metrics(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+/// `GET /metrics`: the SPEC 8 families as OpenMetrics text, or as the
+/// classic Prometheus text format when the client asks for `text/plain`
+/// and not for OpenMetrics (what `promtool check metrics` lints).
+async fn metrics(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     // A derived gauge: computed from the connections when asked for.
     state.stats.refresh_limit_omitted(&state.metrics);
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &state.registry)
         .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE)))
-        .body(body))
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (content_type, body) = if wants_classic_text(accept) {
+        (CLASSIC_CONTENT_TYPE, classic_text(&body))
+    } else {
+        (OPENMETRICS_CONTENT_TYPE, body)
+    };
+    Ok(HttpResponse::Ok().insert_header((header::CONTENT_TYPE, HeaderValue::from_static(content_type))).body(body))
+}
+
+/// The classic Prometheus text format's content type.
+const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `text/plain` asked for and OpenMetrics not: Prometheus itself lists both
+/// and gets OpenMetrics; curl and promtool users get the classic format.
+fn wants_classic_text(accept: &str) -> bool {
+    accept.contains("text/plain") && !accept.contains("application/openmetrics-text")
+}
+
+/// OpenMetrics text as the classic format: a counter family's `# HELP` and
+/// `# TYPE` name its `_total` samples, and there is no `# UNIT` or `# EOF`.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "].into_iter().find(|p| line.starts_with(p));
+        match descriptor {
+            Some(prefix) => {
+                let rest = &line[prefix.len()..];
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                if !tail.is_empty() {
+                    out.push(' ');
+                    out.push_str(tail);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// `POST /update`: re-read follow files and config predicates (seed 002).
@@ -445,6 +495,18 @@ mod tests {
             reasons,
             vec!["s/0 is silent: no event past its liveness bound (its bound is 120 s), probing".to_owned()]
         );
+    }
+
+    #[test]
+    fn the_classic_format_names_counter_descriptors_after_their_samples() {
+        let om = "# HELP streamherd_events Events read.\n# TYPE streamherd_events counter\nstreamherd_events_total{source=\"a\"} 3\n# HELP streamherd_sink_queue_depth Events queued.\n# TYPE streamherd_sink_queue_depth gauge\nstreamherd_sink_queue_depth{sink=\"x\"} 0\n# EOF\n";
+        assert_eq!(
+            classic_text(om),
+            "# HELP streamherd_events_total Events read.\n# TYPE streamherd_events_total counter\nstreamherd_events_total{source=\"a\"} 3\n# HELP streamherd_sink_queue_depth Events queued.\n# TYPE streamherd_sink_queue_depth gauge\nstreamherd_sink_queue_depth{sink=\"x\"} 0\n"
+        );
+        assert!(wants_classic_text("text/plain"));
+        assert!(!wants_classic_text("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"));
+        assert!(!wants_classic_text(""));
     }
 
     fn body(json: &str) -> Result<ChangeFollows, String> {
