@@ -111,9 +111,12 @@ async fn start_with(config: &Config, registries: &Registries, stop_system: bool)
                 token,
                 sinks: sinks.clone(),
             };
-            let server = crate::control::start(listen, ctx)
-                .await
-                .with_context(|| format!("starting the control API on {listen}"))?;
+            // A listen address that cannot be bound is the config's fault: one line, exit 2.
+            let server = crate::control::start(listen, ctx).await.map_err(|e| crate::config::ConfigError {
+                file: config.file.display().to_string(),
+                key: "control.listen".into(),
+                message: format!("cannot listen on {listen}: {e}"),
+            })?;
             Some(server)
         }
     };
@@ -191,12 +194,21 @@ pub fn handle_reload_signals(supervisor: Addr<StreamSupervisor>) {
 pub fn run(config: Config, registries: Registries) -> anyhow::Result<i32> {
     let system = actix_rt::System::new();
     // Spawned tasks need the System's runtime: install the handlers inside it.
-    let _running = system.block_on(async {
+    let started = system.block_on(async {
         let running = start(&config, &registries).await?;
         handle_signals(running.supervisor.clone());
         handle_reload_signals(running.supervisor.clone());
         anyhow::Ok(running)
-    })?;
+    });
+    let _running = match started {
+        Ok(running) => running,
+        Err(e) => {
+            // Half-started actors would be torn down outside the runtime
+            // (a panic); the process exits with the error right after.
+            std::mem::forget(system);
+            return Err(e);
+        }
+    };
     let code = system.run_with_code()?;
     Ok(code)
 }

@@ -113,6 +113,10 @@ pub fn main(sources: SourceRegistry, sinks: SinkRegistry) -> ! {
         Command::Check => {
             let config = load_or_exit(&path, &registries);
             print!("{}", config::describe_plan(&config));
+            if let Err(e) = config::check_control_listen(&config) {
+                eprintln!("error: {}: control.listen: {e}", config.file.display());
+                std::process::exit(2);
+            }
             match config::check_coordination(&config) {
                 Ok(()) => 0,
                 Err(e) => {

@@ -331,7 +331,10 @@ pub fn validate(file: &Path, raw: RawConfig, registries: &Registries) -> Result<
     if let Some(c) = &raw.control {
         c.listen.parse::<SocketAddr>().map_err(|e| err("control.listen".into(), format!("not an address: {e}")))?;
         if let Some(t) = &c.token {
-            t.resolve("control.token").map_err(from)?;
+            if t.resolve("control.token").map_err(from)?.trim().is_empty() {
+                // An empty token would open every route to `Authorization: Bearer `.
+                return Err(err("control.token".into(), "must not be empty (leave the key out for no token)".into()));
+            }
         }
     }
     if raw.simulator.enabled {
@@ -655,4 +658,20 @@ pub fn describe_plan(config: &Config) -> String {
         );
     }
     out
+}
+
+/// Whether the control API's address can be listened on here: one not on
+/// this host, or one needing privileges, is an error. An address in use is
+/// only a warning on stderr, since the running service may be what holds it.
+pub fn check_control_listen(config: &Config) -> Result<(), String> {
+    let Some(c) = &config.control else { return Ok(()) };
+    let Ok(listen) = c.listen.parse::<SocketAddr>() else { return Ok(()) };
+    match std::net::TcpListener::bind(listen) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            eprintln!("warning: control.listen: {listen} is in use now (by the running service?); `run` needs it free");
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot listen on {listen}: {e}")),
+    }
 }

@@ -381,3 +381,36 @@ fn sighup_reloads_the_follows_and_sigusr1_is_ignored() {
     signal(&child, libc::SIGTERM);
     assert_eq!(wait_exit_blocking(&mut child, Duration::from_secs(20)), 0, "SIGTERM is still a clean stop");
 }
+
+/// An empty control token and a control address that cannot be listened
+/// on are one line naming the key with exit 2, from `check` and from
+/// `run`, never a panic; a port in use fails `run` the same way.
+#[test]
+fn control_api_tokens_and_addresses_fail_in_one_line() {
+    let source =
+        format!("[[sources]]\nname = \"a\"\nkind = \"twitter.sample\"\nbase_url = \"http://127.0.0.1:9\"\n{AUTH}\n");
+    broken(&format!("[control]\nlisten = \"127.0.0.1:0\"\ntoken = \"\"\n{source}"), "control.token");
+    broken(&format!("[control]\nlisten = \"127.0.0.1:0\"\ntoken = \"  \"\n{source}"), "control.token");
+    // 192.0.2.1 (TEST-NET-1) is on no host here.
+    broken(&format!("[control]\nlisten = \"192.0.2.1:8890\"\n{source}"), "control.listen");
+
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let path = dir.path().join("busy.toml");
+    std::fs::write(&path, format!("[control]\nlisten = \"127.0.0.1:{port}\"\n{source}")).unwrap();
+    let mut child = spawn(
+        streamherd(&["run", "--config", path.to_str().unwrap()], dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let code = wait_exit_blocking(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    child.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("streamherd:")).collect();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("busy.toml: control.listen: cannot listen on"), "{stderr}");
+    drop(held);
+}
