@@ -414,3 +414,25 @@ fn control_api_tokens_and_addresses_fail_in_one_line() {
     assert!(errors[0].contains("busy.toml: control.listen: cannot listen on"), "{stderr}");
     drop(held);
 }
+
+/// The shipped systemd unit verifies clean (with its binary path pointed at
+/// the one just built, since `verify` checks that the commands exist).
+#[test]
+fn the_systemd_unit_verifies_clean() {
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    if !analyze.exists() {
+        assert!(
+            std::env::var_os("STREAMHERD_SKIP_SYSTEMD").is_some(),
+            "systemd-analyze is not installed: .ci/run installs it (Debian's systemd); STREAMHERD_SKIP_SYSTEMD=1 skips"
+        );
+        return;
+    }
+    let unit = std::fs::read_to_string(Path::new(ROOT).join("deploy/streamherd.service")).unwrap();
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID") && unit.contains("Restart=on-failure"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("streamherd.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/streamherd", BIN)).unwrap();
+    let out = Command::new(analyze).arg("verify").arg(&path).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+}
