@@ -653,8 +653,12 @@ pub fn describe_plan(config: &Config) -> String {
         let sources = s.options.sources.as_ref().map(|v| v.join(",")).unwrap_or_else(|| "all".into());
         let _ = writeln!(
             out,
-            "  {} ({}): kinds {kinds}, sources {sources}, buffer {}, when_full {:?}, {}",
-            s.options.name, s.kind, s.options.buffer, s.options.when_full, s.settings
+            "  {} ({}): kinds {kinds}, sources {sources}, buffer {}, when_full {}, {}",
+            s.options.name,
+            s.kind,
+            s.options.buffer,
+            s.options.when_full.as_str(),
+            s.settings
         );
     }
     out

@@ -39,8 +39,10 @@ fn shipped_config_checks() {
     let out = streamherd(&["check", "--config", "config.toml"], Path::new(ROOT)).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("election (Filter"), "{stdout}");
-    assert!(stdout.contains("app-users (Site"), "{stdout}");
+    assert!(stdout.contains("election (twitter.filter at"), "{stdout}");
+    assert!(stdout.contains("app-users (twitter.site at"), "{stdout}");
+    // The config's own names, never Rust's.
+    assert!(stdout.contains("when_full spill") && !stdout.contains("Spill") && !stdout.contains("Filter"), "{stdout}");
     assert!(stdout.contains("3 connection(s)"), "250 site follows at 100 per connection: {stdout}");
     assert!(stdout.contains("archive (file)"), "{stdout}");
     assert!(stdout.contains("fedi (mastodon, websocket"), "{stdout}");

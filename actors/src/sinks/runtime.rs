@@ -66,6 +66,17 @@ pub enum WhenFull {
     DropNewest,
 }
 
+impl WhenFull {
+    /// The name the config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhenFull::Spill => "spill",
+            WhenFull::Block => "block",
+            WhenFull::DropNewest => "drop_newest",
+        }
+    }
+}
+
 /// The settings every sink shares, from its `[[sinks]]` table.
 #[derive(Debug, Clone)]
 pub struct SinkOptions {

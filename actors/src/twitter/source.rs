@@ -58,9 +58,9 @@ impl Source for TwitterSpec {
     fn describe(&self) -> String {
         let shards = plan_shards(self).unwrap_or_default();
         let mut out = format!(
-            "{} ({:?} at {}): {} connection(s), {} credential(s)\n",
+            "{} ({} at {}): {} connection(s), {} credential(s)\n",
             self.name,
-            self.endpoint,
+            self.kind,
             self.base_url,
             shards.len(),
             self.credentials.len()
