@@ -299,8 +299,28 @@ fn from_config_error(file: &str, e: config::ConfigError) -> ConfigError {
         .and_then(|r| r.split('`').next())
         .map(|k| k.replace("]", "].").replace("]..", "].").trim_end_matches('.').to_owned())
         .unwrap_or_else(|| "(file)".into());
-    let message = text.split(" for key `").next().unwrap_or(&text).trim().to_owned();
+    let message = text.split(" for key `").next().unwrap_or(&text).trim();
+    let message = streamherd_actors::error::redact_secret_value(&key, &one_line_toml_error(message));
     ConfigError { file: file.into(), key, message }
+}
+
+/// A TOML syntax error in one line, without the excerpt of the offending
+/// line (which may hold a secret): `TOML parse error at line 5, column 12:
+/// unclosed inline table, expected `}``.
+fn one_line_toml_error(message: &str) -> String {
+    let mut lines = message.lines();
+    let Some(first) = lines.next() else { return String::new() };
+    if !first.starts_with("TOML parse error") {
+        return message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    }
+    // After the excerpt (lines of `|`, the line itself and the `^` marker) comes the reason.
+    let reason: Vec<&str> = lines
+        .skip_while(|l| !l.trim_start().starts_with('|') || !l.contains('^'))
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("in "))
+        .collect();
+    format!("{first}: {}", reason.join(" "))
 }
 
 /// Reads and validates; no network IO, but follow files are read and sink

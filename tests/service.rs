@@ -438,3 +438,31 @@ fn the_systemd_unit_verifies_clean() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
 }
+
+/// Config errors on secret values never echo them: a TOML syntax error on
+/// a credential line, a string or list where a credential table belongs, a
+/// wrong type for a token, a redis URL with a password.
+#[test]
+fn config_errors_never_echo_secret_values() {
+    const S: &str = "Zq9SECRETvalue";
+    let source = "[[sources]]\nname = \"a\"\nkind = \"twitter.filter\"\ntrack = [\"x\"]\n";
+    let cases = [
+        (format!("{source}auth = {{ kind = \"oauth1\", consumer_key = \"k\", consumer_secret = \"{S}1\", token = \"t\", token_secret = \"{S}2\" \n"), "(file)"),
+        (format!("{source}auth = \"{S}3\"\n"), "sources[0].auth"),
+        (format!("{source}auth = [\"{S}4\", \"x\"]\n"), "sources[0].auth[0]"),
+        (format!("[[sources]]\nname = \"m\"\nkind = \"mastodon\"\nstreams = [\"public\"]\nauth = {{ kind = \"bearer\", token = [\"{S}5\"] }}\n"), "sources[0].auth.token"),
+        (format!("[control]\ntoken = [\"{S}6\"]\n{source}auth = {{ kind = \"oauth1\", consumer_key = \"k\", consumer_secret = \"s\", token = \"t\", token_secret = \"u\" }}\n"), "control.token"),
+        (format!("[[sinks]]\nname = \"q\"\nkind = \"redis\"\nurl = [\"redis://:{S}7@127.0.0.1:1/\"]\n"), "sinks[0]"),
+    ];
+    for (body, key) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.toml");
+        std::fs::write(&path, &body).unwrap();
+        let out = streamherd(&["check", "--config", path.to_str().unwrap()], dir.path()).output().unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{body}\n{said}");
+        assert!(!said.contains(S), "a secret value was echoed: {said}");
+        assert!(said.contains(key), "names `{key}`: {said}");
+        assert_eq!(said.trim_end().lines().count(), 1, "one line: {said}");
+    }
+}

@@ -160,3 +160,53 @@ impl ConfigError {
         ConfigError { key: key.into(), message: message.into() }
     }
 }
+
+/// Keys whose values are secrets (credential tables, tokens, passwords).
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["auth", "token", "secret", "password", "url"].iter().any(|k| key.contains(k))
+}
+
+/// A value error under a secret key without the value: serde says
+/// `invalid type: string "<the secret>", expected ...`, which must never
+/// reach a terminal or a log. Other messages pass unchanged.
+pub fn redact_secret_value(key: &str, message: &str) -> String {
+    if !is_secret_key(key) {
+        return message.to_owned();
+    }
+    let shown = ["invalid type: ", "invalid value: ", "invalid length "].iter().any(|p| message.starts_with(p));
+    if !shown {
+        return message.to_owned();
+    }
+    // `invalid type: <what> <value>, expected <...>`: keep what and expected.
+    let (head, expected) = match message.rfind(", expected ") {
+        Some(i) => (&message[..i], &message[i..]),
+        None => (message, ""),
+    };
+    let what = head.split_once(['"', '`']).map_or(head, |(before, _)| before).trim_end();
+    format!("{what} (value not shown){expected}")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_secret_value;
+
+    #[test]
+    fn secret_values_never_appear_in_value_errors() {
+        let m = r#"invalid type: string "SUPERSECRET3", expected a credential table or a list of them"#;
+        assert_eq!(
+            redact_secret_value("sources[0].auth", m),
+            "invalid type: string (value not shown), expected a credential table or a list of them"
+        );
+        let m = "invalid type: integer `5`, expected a string";
+        assert_eq!(
+            redact_secret_value("control.token", m),
+            "invalid type: integer (value not shown), expected a string"
+        );
+        let m = r#"invalid type: string "a", expected x", expected struct AuthConfig"#;
+        assert!(!redact_secret_value("sources[0].auth[0]", m).contains("expected x"));
+        // Elsewhere the value helps and is no secret.
+        let m = r#"invalid type: string "5", expected u64"#;
+        assert_eq!(redact_secret_value("sources[0].follow[0]", m), m);
+    }
+}

@@ -147,6 +147,7 @@ pub fn parse_table<T: DeserializeOwned>(table: serde_json::Value, ctx: &SourceCo
             "." => format!("sources[{}]", ctx.index),
             path => ctx.key(path),
         };
+        let message = crate::error::redact_secret_value(&key, &message);
         ConfigError::new(key, message)
     })
 }

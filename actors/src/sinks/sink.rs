@@ -97,6 +97,9 @@ pub fn parse_settings<T: serde::de::DeserializeOwned>(
     settings: serde_json::Value,
     ctx: &SinkBuildContext,
 ) -> Result<T, SinkError> {
-    serde_json::from_value(settings)
-        .map_err(|e| SinkError::Config { key: format!("sinks[{}]", ctx.index), message: e.to_string() })
+    // A sink's settings may hold a password (a Redis URL): no value in the message.
+    serde_json::from_value(settings).map_err(|e| SinkError::Config {
+        key: format!("sinks[{}]", ctx.index),
+        message: crate::error::redact_secret_value("sinks.password", &e.to_string()),
+    })
 }
