@@ -348,6 +348,12 @@ pub fn validate(file: &Path, raw: RawConfig, registries: &Registries) -> Result<
     if !(s.stats_interval_s >= 0.0 && s.stats_interval_s.is_finite()) {
         return Err(err("service.stats_interval_s".into(), "must be a non-negative number".into()));
     }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&s.log_level) {
+        return Err(err("service.log_level".into(), format!("`{}` is not a log filter: {e}", s.log_level)));
+    }
+    if s.state_dir.exists() && !s.state_dir.is_dir() {
+        return Err(err("service.state_dir".into(), format!("{} is a file, not a directory", s.state_dir.display())));
+    }
     if let Some(c) = &raw.control {
         c.listen.parse::<SocketAddr>().map_err(|e| err("control.listen".into(), format!("not an address: {e}")))?;
         if let Some(t) = &c.token {
@@ -440,6 +446,10 @@ pub fn validate(file: &Path, raw: RawConfig, registries: &Registries) -> Result<
             return Err(err(format!("sinks[{i}].name"), format!("duplicate sink name `{}`", spec.context.name)));
         }
         sinks.push(spec);
+    }
+    // Checked last, so that a config in the making hears about its other keys first.
+    if sources.is_empty() {
+        return Err(err("sources".into(), "no [[sources]] table: there is nothing to run".into()));
     }
     Ok(Config {
         file: file.to_path_buf(),

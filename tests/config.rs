@@ -69,7 +69,8 @@ auth = { kind = "oauth1", consumer_key = "k", consumer_secret = "${STREAMHERD_TE
 
 #[test]
 fn defaults_match_the_spec() {
-    let c = load("").unwrap();
+    // The one required table: a source.
+    let c = load("[[sources]]\nname = \"a\"\nkind = \"twitter.sample\"\nauth = { kind = \"oauth1\", consumer_key = \"k\", consumer_secret = \"s\", token = \"t\", token_secret = \"u\" }\n").unwrap();
     assert_eq!(c.service.max_message_bytes, 16 * 1024 * 1024);
     assert_eq!(c.service.stats_interval_s, 10.0);
     assert!(!c.simulator.enabled);

@@ -159,6 +159,22 @@ const AUTH: &str =
 
 #[test]
 fn broken_configs_exit_2_naming_the_key() {
+    // Accepted before, each now one line naming the key.
+    broken("[service]\nstats_interval_s = 0\n", "sources");
+    broken("[service]\nlog_level = \"bogus=[\"\n", "service.log_level");
+    broken(
+        &format!("[[sources]]\nname = \"a\"\nkind = \"twitter.filter\"\nlocations = [\"-200,0,10,10\"]\n{AUTH}\n"),
+        "sources[0].locations[0]",
+    );
+    broken(
+        &format!("[[sources]]\nname = \"a\"\nkind = \"twitter.filter\"\nlocations = [\"10,0,-10,10\"]\n{AUTH}\n"),
+        "sources[0].locations[0]",
+    );
+    broken(
+        "[[sources]]\nname = \"a\"\nkind = \"twitter.filter\"\ntrack = [\"x\"]\nauth = { kind = \"oauth1\", consumer_key = \"k\", consumer_secret = \"\", token = \"t\", token_secret = \"u\" }\n",
+        "consumer_secret",
+    );
+    broken("[[sources]]\nname = \"m\"\nkind = \"mastodon\"\nstreams = [\"public\"]\nauth = { kind = \"bearer\", token = \"\" }\n", "token");
     broken("[service]\nstats_intervall_s = 5\n", "stats_intervall_s");
     broken("[service]\ninstance = \"2/2\"\n", "service.instance");
     broken("[service]\ninstance = \"0/2\"\ncoordination = \"redis://127.0.0.1:1/\"\n", "service.coordination");
@@ -220,6 +236,18 @@ fn a_key_of_another_kind_exits_2_naming_the_key_and_the_kind() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(&format!("{key}: is not a key of {kind} sources")), "{stderr}");
     }
+}
+
+#[test]
+fn a_state_dir_that_is_a_file_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("afile"), b"").unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, format!("[service]\nstate_dir = \"afile\"\n[[sources]]\nname = \"a\"\nkind = \"twitter.filter\"\ntrack = [\"x\"]\n{AUTH}\n")).unwrap();
+    let out = streamherd(&["check", "--config", path.to_str().unwrap()], dir.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("service.state_dir") && stderr.contains("is a file"), "{stderr}");
 }
 
 #[test]

@@ -21,8 +21,15 @@ impl Secret {
     pub fn resolve(&self, key: &str) -> Result<String, ConfigError> {
         let s = self.0.trim();
         if let Some(var) = s.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
-            return std::env::var(var)
-                .map_err(|_| ConfigError::new(key, format!("environment variable {var} is not set")));
+            let value = std::env::var(var)
+                .map_err(|_| ConfigError::new(key, format!("environment variable {var} is not set")))?;
+            if value.trim().is_empty() {
+                return Err(ConfigError::new(key, format!("environment variable {var} is empty")));
+            }
+            return Ok(value);
+        }
+        if s.is_empty() {
+            return Err(ConfigError::new(key, "must not be empty"));
         }
         Ok(self.0.clone())
     }

@@ -154,6 +154,21 @@ pub fn parse(
                 format!("`{l}` is not \"sw_lon,sw_lat,ne_lon,ne_lat\""),
             ));
         }
+        let v: Vec<f64> = parts.into_iter().flatten().collect();
+        let lon_ok = |x: f64| (-180.0..=180.0).contains(&x);
+        let lat_ok = |y: f64| (-90.0..=90.0).contains(&y);
+        if !(lon_ok(v[0]) && lat_ok(v[1]) && lon_ok(v[2]) && lat_ok(v[3])) {
+            return Err(ConfigError::new(
+                key(&format!("locations[{j}]")),
+                format!("`{l}`: longitudes must be within ±180 and latitudes within ±90"),
+            ));
+        }
+        if v[0] >= v[2] || v[1] >= v[3] {
+            return Err(ConfigError::new(
+                key(&format!("locations[{j}]")),
+                format!("`{l}`: the south-west corner must be below and left of the north-east one"),
+            ));
+        }
     }
     if let Some(level) = &src.filter_level {
         if !["none", "low", "medium"].contains(&level.as_str()) {
