@@ -1,5 +1,6 @@
 //! Socket tests of the simulator's Mastodon side: a raw HTTP/1.1 client for
 //! the exact SSE bytes, awc for the REST calls and refusals.
+#![cfg(test)]
 
 use std::time::Duration;
 

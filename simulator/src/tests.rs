@@ -1,6 +1,7 @@
 //! End-to-end tests of the simulator over real loopback sockets: a raw HTTP/1.1
 //! client that sees every chunk boundary, FIN and RST, plus awc for the
 //! client the service itself uses.
+#![cfg(test)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
