@@ -171,9 +171,15 @@ fn is_secret_key(key: &str) -> bool {
 /// `invalid type: string "<the secret>", expected ...`, which must never
 /// reach a terminal or a log. Other messages pass unchanged.
 pub fn redact_secret_value(key: &str, message: &str) -> String {
-    if !is_secret_key(key) {
-        return message.to_owned();
+    if is_secret_key(key) {
+        hide_value(message)
+    } else {
+        message.to_owned()
     }
+}
+
+/// A serde value error without the value it quotes.
+pub fn hide_value(message: &str) -> String {
     let shown = ["invalid type: ", "invalid value: ", "invalid length "].iter().any(|p| message.starts_with(p));
     if !shown {
         return message.to_owned();

@@ -97,6 +97,22 @@ fn stamp_opt<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S:
     }
 }
 
+impl Event {
+    /// A `gap` event of `source`, written on `connection`, at `at`.
+    pub fn gap(source: Arc<str>, connection: Arc<str>, at: DateTime<Utc>, payload: Bytes) -> Event {
+        Event {
+            source,
+            kind: EventKind::GAP,
+            id: None,
+            received_at: at,
+            connection,
+            for_user: None,
+            stream: None,
+            payload,
+        }
+    }
+}
+
 impl GapPayload<'_> {
     /// The payload's JSON bytes.
     pub fn to_bytes(&self) -> Bytes {

@@ -463,16 +463,7 @@ fn handover_gap(source: &Arc<str>, new: &Arc<str>, old: &ConnectionStats) -> cra
         ..crate::event::GapPayload::default()
     };
     tracing::warn!(connection = %new, replaced = %snap.id, "hand-over without an overlap: writing a gap event");
-    crate::event::Event {
-        source: source.clone(),
-        kind: EventKind::GAP,
-        id: None,
-        received_at: now,
-        connection: new.clone(),
-        for_user: None,
-        stream: None,
-        payload: payload.to_bytes(),
-    }
+    crate::event::Event::gap(source.clone(), new.clone(), now, payload.to_bytes())
 }
 
 impl<F: Family> Handler<TakenOver> for ShardPlanner<F> {
@@ -502,16 +493,7 @@ impl<F: Family> Handler<TakenOver> for ShardPlanner<F> {
                         "the previous owner stopped renewing its lease; events it had read but not written are missing unless the family recovers them"
                     },
                 });
-                crate::event::Event {
-                    source: self.basics.name.clone(),
-                    kind: EventKind::GAP,
-                    id: None,
-                    received_at: t.to,
-                    connection: connection.clone(),
-                    for_user: None,
-                    stream: None,
-                    payload: payload.to_string().into(),
-                }
+                crate::event::Event::gap(self.basics.name.clone(), connection.clone(), t.to, payload.to_string().into())
             })
             .collect();
         if let Some(counters) = &self.counters {

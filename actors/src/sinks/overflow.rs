@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use super::encode::{push_json_str, push_timestamp, push_u64};
 use crate::delivery::ack::BatchAck;
 use crate::delivery::spill::{Chunk, Corruption, Spill, SpillError};
-use crate::event::{Event, EventKind};
+use crate::event::Event;
 
 /// Where a sink spills and how much.
 #[derive(Debug, Clone)]
@@ -219,14 +219,6 @@ pub fn corruption_gap(sink: &str, connection: &std::sync::Arc<str>, before: Opti
     payload.extend_from_slice(b",\"to\":\"");
     push_timestamp(&mut payload, &Utc::now());
     payload.extend_from_slice(b"\",\"complete\":false}");
-    Event {
-        source: before.map_or_else(|| std::sync::Arc::from("streamherd"), |e| e.source.clone()),
-        kind: EventKind::GAP,
-        id: None,
-        received_at: Utc::now(),
-        connection: connection.clone(),
-        for_user: None,
-        stream: None,
-        payload: Bytes::from(payload),
-    }
+    let source = before.map_or_else(|| std::sync::Arc::from("streamherd"), |e| e.source.clone());
+    Event::gap(source, connection.clone(), Utc::now(), Bytes::from(payload))
 }

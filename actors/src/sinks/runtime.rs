@@ -232,16 +232,7 @@ impl DroppedRun {
         payload.extend_from_slice(b"\",\"to\":\"");
         push_timestamp(&mut payload, &self.to);
         payload.extend_from_slice(b"\"}");
-        Event {
-            source: self.source.clone(),
-            kind: EventKind::GAP,
-            id: None,
-            received_at: Utc::now(),
-            connection: shared.connection.clone(),
-            for_user: None,
-            stream: None,
-            payload: Bytes::from(payload),
-        }
+        Event::gap(self.source.clone(), shared.connection.clone(), Utc::now(), Bytes::from(payload))
     }
 }
 

@@ -100,6 +100,6 @@ pub fn parse_settings<T: serde::de::DeserializeOwned>(
     // A sink's settings may hold a password (a Redis URL): no value in the message.
     serde_json::from_value(settings).map_err(|e| SinkError::Config {
         key: format!("sinks[{}]", ctx.index),
-        message: crate::error::redact_secret_value("sinks.password", &e.to_string()),
+        message: crate::error::hide_value(&e.to_string()),
     })
 }
