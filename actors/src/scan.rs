@@ -70,6 +70,13 @@ pub fn members<'a>(text: &'a str, mut visit: impl FnMut(&'a str, &'a str)) -> Re
     }
 }
 
+/// `bytes` as text when it is valid UTF-8: every message is checked once, so
+/// the SIMD validator (several times std's speed on long messages) is used.
+#[inline]
+pub fn utf8(bytes: &[u8]) -> Option<&str> {
+    simdutf8::basic::from_utf8(bytes).ok()
+}
+
 /// The text of a JSON string value without its quotes when it has no escape
 /// (the common case), else `None` (decode it with serde_json).
 pub fn plain_string(value: &str) -> Option<&str> {
@@ -147,8 +154,39 @@ fn literal(b: &[u8], i: usize, word: &[u8]) -> Result<usize, ScanError> {
 /// from the backslash runs, the inside of strings as the prefix XOR of the
 /// unescaped quotes; only the brackets outside strings are then visited one
 /// by one. That is several times faster than a byte loop with a memchr per
-/// string, on messages made of many short strings.
+/// string, on messages made of many short strings. Where the CPU has AVX2
+/// and carry-less multiplication (checked once, at run time) the masks take
+/// half the instructions and the prefix XOR one.
 fn container_end(b: &[u8], start: usize) -> Result<usize, ScanError> {
+    #[cfg(target_arch = "x86_64")]
+    if wide_blocks() {
+        // SAFETY: the CPU has both features (checked just above).
+        return unsafe { container_end_avx2(b, start) };
+    }
+    container_end_with::<false>(b, start)
+}
+
+/// Whether this CPU has AVX2 and PCLMULQDQ; std caches the answer.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn wide_blocks() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("pclmulqdq")
+}
+
+/// [`container_end_with`] compiled for AVX2 and PCLMULQDQ.
+///
+/// # Safety
+/// The CPU must have both features.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,pclmulqdq")]
+unsafe fn container_end_avx2(b: &[u8], start: usize) -> Result<usize, ScanError> {
+    container_end_with::<true>(b, start)
+}
+
+/// The block loop of [`container_end`]; `WIDE` says whether the caller was
+/// compiled with AVX2 and PCLMULQDQ (only then may it be true).
+#[inline(always)]
+fn container_end_with<const WIDE: bool>(b: &[u8], start: usize) -> Result<usize, ScanError> {
     let mut closers = [0u8; MAX_DEPTH];
     let mut depth = 0usize;
     // Carried between blocks: whether the next block's first byte is escaped
@@ -167,9 +205,10 @@ fn container_end(b: &[u8], start: usize) -> Result<usize, ScanError> {
                 &tail
             }
         };
-        let m = Masks::of(block);
+        let m = if WIDE { Masks::of_wide(block) } else { Masks::of(block) };
         let escaped = escaped_bytes(m.backslash, &mut next_escaped);
-        let inside = prefix_xor(m.quote & !escaped) ^ in_string;
+        let quotes = m.quote & !escaped;
+        let inside = if WIDE { prefix_xor_clmul(quotes) } else { prefix_xor(quotes) } ^ in_string;
         in_string = ((inside as i64) >> 63) as u64;
         // Outside strings a backslash is never valid (and the escape masks
         // would let it hide the quote after it): it is visited with the
@@ -240,6 +279,38 @@ impl Masks {
         m
     }
 
+    /// [`Masks::of`] with two 32-byte loads. Only called from code compiled
+    /// with AVX2 (`container_end_avx2`), into which it is inlined.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn of_wide(block: &[u8; 64]) -> Masks {
+        use std::arch::x86_64::*;
+        let mut m = Masks { quote: 0, backslash: 0, open: 0, close: 0 };
+        // SAFETY: only reached when the CPU has AVX2 (see `container_end`),
+        // and both unaligned 32-byte loads read inside the 64-byte block.
+        unsafe {
+            let (quote, backslash) = (_mm256_set1_epi8(b'"' as i8), _mm256_set1_epi8(b'\\' as i8));
+            let (open, close, fold) =
+                (_mm256_set1_epi8(b'{' as i8), _mm256_set1_epi8(b'}' as i8), _mm256_set1_epi8(0x20));
+            for k in 0..2 {
+                let v = _mm256_loadu_si256(block.as_ptr().add(32 * k).cast::<__m256i>());
+                let folded = _mm256_or_si256(v, fold);
+                let bits = |x: __m256i| (_mm256_movemask_epi8(x) as u32 as u64) << (32 * k);
+                m.quote |= bits(_mm256_cmpeq_epi8(v, quote));
+                m.backslash |= bits(_mm256_cmpeq_epi8(v, backslash));
+                m.open |= bits(_mm256_cmpeq_epi8(folded, open));
+                m.close |= bits(_mm256_cmpeq_epi8(folded, close));
+            }
+        }
+        m
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    #[inline(always)]
+    fn of_wide(block: &[u8; 64]) -> Masks {
+        Masks::of(block)
+    }
+
     #[cfg(not(target_arch = "x86_64"))]
     fn of(block: &[u8; 64]) -> Masks {
         let mut m = Masks { quote: 0, backslash: 0, open: 0, close: 0 };
@@ -278,6 +349,25 @@ fn prefix_xor(mut x: u64) -> u64 {
         x ^= x << shift;
     }
     x
+}
+
+/// [`prefix_xor`] as one carry-less multiplication by all ones. Only called
+/// from code compiled with PCLMULQDQ (`container_end_avx2`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefix_xor_clmul(x: u64) -> u64 {
+    use std::arch::x86_64::*;
+    // SAFETY: only reached when the CPU has PCLMULQDQ (see `container_end`).
+    unsafe {
+        let product = _mm_clmulepi64_si128(_mm_set_epi64x(0, x as i64), _mm_set1_epi8(-1), 0);
+        _mm_cvtsi128_si64(product) as u64
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn prefix_xor_clmul(x: u64) -> u64 {
+    prefix_xor(x)
 }
 
 #[cfg(test)]
@@ -415,29 +505,70 @@ mod tests {
         out.push(close);
     }
 
+    /// Both block widths this machine can run: the SSE2 one always, the
+    /// AVX2 one where the CPU has it.
+    type Scanner = fn(&[u8], usize) -> Result<usize, ScanError>;
+
+    fn scanners() -> Vec<(&'static str, Scanner)> {
+        let mut all: Vec<(&'static str, Scanner)> = vec![("sse2", container_end_with::<false>)];
+        #[cfg(target_arch = "x86_64")]
+        if wide_blocks() {
+            // SAFETY: the CPU has AVX2 and PCLMULQDQ (checked just above).
+            all.push(("avx2", |b, start| unsafe { container_end_avx2(b, start) }));
+        }
+        all
+    }
+
     #[test]
     fn the_block_scanner_agrees_with_the_byte_loop_at_every_cut() {
-        let mut rng = fastrand::Rng::with_seed(9);
-        for _ in 0..400 {
-            let mut text = String::new();
-            random_container(&mut rng, &mut text, 0);
-            let b = text.as_bytes();
-            assert_eq!(container_end(b, 0), Ok(b.len()), "{text}");
-            // Every truncation, and a stray quote or bracket anywhere, gives
-            // the same answer as the byte loop.
-            for cut in 1..b.len() {
-                let (got, want) = (container_end(&b[..cut], 0), reference_end(&b[..cut], 0));
-                assert_eq!(got.ok(), want.ok(), "{}: {got:?} against {want:?}", &text[..cut]);
+        for (name, container_end) in scanners() {
+            let mut rng = fastrand::Rng::with_seed(9);
+            for _ in 0..400 {
+                let mut text = String::new();
+                random_container(&mut rng, &mut text, 0);
+                let b = text.as_bytes();
+                assert_eq!(container_end(b, 0), Ok(b.len()), "{name}: {text}");
+                // Every truncation, and a stray quote or bracket anywhere, gives
+                // the same answer as the byte loop.
+                for cut in 1..b.len() {
+                    let (got, want) = (container_end(&b[..cut], 0), reference_end(&b[..cut], 0));
+                    assert_eq!(got.ok(), want.ok(), "{name}: {}: {got:?} against {want:?}", &text[..cut]);
+                }
+                for _ in 0..20 {
+                    let mut bad = b.to_vec();
+                    let at = rng.usize(0..bad.len());
+                    bad.insert(at, *b"\"{}[]".get(rng.usize(0..5)).unwrap_or(&b'"'));
+                    let (got, want) = (container_end(&bad, 0), reference_end(&bad, 0));
+                    assert_eq!(
+                        got.ok(),
+                        want.ok(),
+                        "{name}: {}: {got:?} against {want:?}",
+                        String::from_utf8_lossy(&bad)
+                    );
+                }
             }
-            for _ in 0..20 {
-                let mut bad = b.to_vec();
-                let at = rng.usize(0..bad.len());
-                bad.insert(at, *b"\"{}[]".get(rng.usize(0..5)).unwrap_or(&b'"'));
-                let (got, want) = (container_end(&bad, 0), reference_end(&bad, 0));
-                assert_eq!(got.ok(), want.ok(), "{}: {got:?} against {want:?}", String::from_utf8_lossy(&bad));
-            }
+            let deep = "[".repeat(129) + &"]".repeat(129);
+            assert_eq!(container_end(deep.as_bytes(), 0), Err(NotJson("nested too deeply")), "{name}");
         }
-        let deep = "[".repeat(129) + &"]".repeat(129);
-        assert_eq!(container_end(deep.as_bytes(), 0), Err(NotJson("nested too deeply")));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_carry_less_prefix_xor_is_the_shifted_one() {
+        if !wide_blocks() {
+            return;
+        }
+        let mut rng = fastrand::Rng::with_seed(3);
+        for x in [0, 1, u64::MAX, 1 << 63].into_iter().chain((0..1000).map(|_| rng.u64(..))) {
+            // SAFETY: the CPU has PCLMULQDQ (checked above).
+            let wide = unsafe { clmul_for_test(x) };
+            assert_eq!(wide, prefix_xor(x), "{x:#x}");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "pclmulqdq")]
+    unsafe fn clmul_for_test(x: u64) -> u64 {
+        prefix_xor_clmul(x)
     }
 }

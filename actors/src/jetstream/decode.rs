@@ -56,7 +56,7 @@ struct Top<'a> {
 
 /// Decodes one event's JSON.
 pub fn decode(payload: &[u8]) -> Result<Decoded, DecodeError> {
-    let text = std::str::from_utf8(payload).map_err(|_| DecodeError::Json("invalid UTF-8".into()))?;
+    let text = crate::scan::utf8(payload).ok_or_else(|| DecodeError::Json("invalid UTF-8".into()))?;
     let mut t = Top::default();
     scan::members(text, |k, v| match k {
         "did" => t.did = Some(v),

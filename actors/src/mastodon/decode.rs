@@ -133,7 +133,7 @@ pub fn from_sse(event: &str, data: &str) -> Result<MastodonMessage, MastodonDeco
 /// Decodes one WebSocket text frame: an event, or an error frame (`error`
 /// present and `event` absent, protocols.md B.4).
 pub fn from_websocket(frame: &[u8]) -> Result<MastodonFrame, MastodonDecodeError> {
-    let text = std::str::from_utf8(frame).map_err(|_| MastodonDecodeError::NotUtf8)?;
+    let text = crate::scan::utf8(frame).ok_or(MastodonDecodeError::NotUtf8)?;
     let top: WsTop<'_> = serde_json::from_str(text).map_err(|e| json_error("frame", &e))?;
     let Some(event) = top.event else {
         return match top.error {
@@ -181,7 +181,7 @@ pub fn from_websocket(frame: &[u8]) -> Result<MastodonFrame, MastodonDecodeError
 /// sends it); `None` for every other kind or when there is no usable id.
 /// Only the top-level `"id"` is read; the rest is skipped, never built.
 pub fn message_id(kind: EventKind, payload: &[u8]) -> Option<Box<str>> {
-    let text = std::str::from_utf8(payload).ok()?;
+    let text = crate::scan::utf8(payload)?;
     if is_bare_id_kind(kind) {
         return bare_id(text).filter(|s| !s.is_empty()).map(Into::into);
     }

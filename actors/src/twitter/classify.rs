@@ -103,7 +103,7 @@ fn decoded_key(raw: &str) -> std::borrow::Cow<'_, str> {
 
 /// Classifies one Twitter message (a site-stream envelope is unwrapped).
 pub fn classify_twitter(payload: &[u8]) -> Result<Classified, ClassifyError> {
-    let text = std::str::from_utf8(payload).map_err(|_| ClassifyError::NotJson("invalid UTF-8".to_owned()))?;
+    let text = scan::utf8(payload).ok_or_else(|| ClassifyError::NotJson("invalid UTF-8".to_owned()))?;
     classify_text(text)
 }
 
