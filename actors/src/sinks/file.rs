@@ -459,22 +459,31 @@ impl OpenFiles {
         Ok(self.files.len() - 1)
     }
 
-    /// Appends one whole line to the file in `slot`, rotating first if the
-    /// line would take the file past `rotate_bytes`.
-    fn append(&mut self, slot: usize, line: &[u8]) -> io::Result<()> {
-        let line_len = line.len() as u64;
-        while self.files[slot].size > 0 && self.files[slot].size.saturating_add(line_len) > self.rotate_bytes {
-            self.rotate(slot)?;
-        }
-        let fsync = self.fsync;
+    /// Appends the one whole line `encode` writes to the file in `slot`,
+    /// rotating first if the line would take the file past `rotate_bytes`.
+    /// The line is encoded straight into the file's pending buffer: a payload
+    /// is copied once on its way to write(2), not once per buffer.
+    fn append_encoded(&mut self, slot: usize, encode: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        let (fsync, rotate_bytes) = (self.fsync, self.rotate_bytes);
         let file = &mut self.files[slot];
-        if !file.pending.is_empty() && file.pending.len() + line.len() > WRITE_BUFFER_BYTES {
+        let start = file.pending.len();
+        encode(&mut file.pending);
+        let line_len = (file.pending.len() - start) as u64;
+        if file.size > 0 && file.size.saturating_add(line_len) > rotate_bytes {
+            // Rare: the line belongs to the next file. Take it back out, finish
+            // this file, and put it in the new one's buffer.
+            let line = file.pending.split_off(start);
+            while self.files[slot].size > 0 && self.files[slot].size.saturating_add(line_len) > rotate_bytes {
+                self.rotate(slot)?;
+            }
+            self.files[slot].pending.extend_from_slice(&line);
+        }
+        let file = &mut self.files[slot];
+        file.size += line_len;
+        if file.pending.len() >= WRITE_BUFFER_BYTES || fsync == FsyncPolicy::Always {
             file.write_pending()?;
         }
-        file.pending.extend_from_slice(line);
-        file.size += line_len;
         if fsync == FsyncPolicy::Always {
-            file.write_pending()?;
             file.sync()?;
         }
         Ok(())
@@ -542,8 +551,6 @@ pub struct FileSink {
     resolver: Resolver,
     open: OpenFiles,
     format: OutputFormat,
-    /// Reused for each event's line.
-    line: Vec<u8>,
 }
 
 impl FileSink {
@@ -561,19 +568,17 @@ impl FileSink {
                 last_sync: None,
             },
             format: settings.format,
-            line: Vec::new(),
         })
     }
 }
 
 impl Sink for FileSink {
     fn write(&mut self, events: &[Event]) -> Result<(), SinkError> {
+        let format = self.format;
         for event in events {
-            self.line.clear();
-            encode_event(event, self.format, &mut self.line);
             let base = self.resolver.resolve(event)?;
             let slot = self.open.slot(base)?;
-            self.open.append(slot, &self.line)?;
+            self.open.append_encoded(slot, |out| encode_event(event, format, out))?;
         }
         Ok(())
     }
