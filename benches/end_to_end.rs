@@ -75,10 +75,19 @@ fn cpu_seconds(pid: u32) -> (f64, f64) {
     (ticks(11) / hz, ticks(12) / hz)
 }
 
+/// CPU seconds (user + system) of every child process waited for so far.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass and nothing else.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(u.ru_utime) + s(u.ru_stime)
+}
+
 /// The baseline: curl reads the stream to `out` (/dev/null, or a file to
 /// show what the page cache costs this machine in this round); returns its
-/// wall time.
-fn curl(url: &str, headers: &[String], form: Option<&str>, out: &Path) -> Option<Duration> {
+/// wall time and its CPU seconds.
+fn curl(url: &str, headers: &[String], form: Option<&str>, out: &Path) -> Option<(Duration, f64)> {
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-N", "--max-time", "300", "-o"]).arg(out);
     for h in headers {
@@ -88,23 +97,28 @@ fn curl(url: &str, headers: &[String], form: Option<&str>, out: &Path) -> Option
         cmd.arg("--data").arg(body);
     }
     cmd.arg(url);
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), children_cpu());
     let status = cmd.status().ok()?;
     // The simulator ends a limited stream by closing the connection: for a
     // chunked (Twitter) body that is a clean end, for an SSE body without a
     // length curl reports a partial transfer (18). Both read the whole stream.
-    matches!(status.code(), Some(0) | Some(18)).then(|| start.elapsed())
+    matches!(status.code(), Some(0) | Some(18)).then(|| (start.elapsed(), children_cpu() - cpu))
 }
 
-/// The sum of the series of `family` (OpenMetrics text from /metrics).
-fn metric(port: u16, family: &str) -> f64 {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return 0.0 };
+/// The OpenMetrics text of /metrics (empty when it cannot be read).
+fn scrape(port: u16) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     if s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").is_err() {
-        return 0.0;
+        return String::new();
     }
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
+    body
+}
+
+/// The sum of the series of `family` in a scrape.
+fn metric(body: &str, family: &str) -> f64 {
     body.lines()
         .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -117,6 +131,9 @@ struct Run {
     cpu_s: (f64, f64),
     /// `strace -c` output, when traced.
     trace: Option<String>,
+    /// The most bytes the sink's disk queue held at one scrape: a sink that
+    /// fell more than its `buffer` behind spilled (and wrote those bytes twice).
+    spilled: f64,
 }
 
 /// streamherd as its own process with `source` (a `[[sources]]` body) into a
@@ -164,8 +181,11 @@ fsync = "never"
     let mut child = Proc(cmd.spawn().expect("streamherd starts"));
     let pid = child.0.id();
     let mut said = Instant::now();
+    let mut spilled = 0f64;
     loop {
-        let written = metric(port, "streamherd_sink_events_total");
+        let body = scrape(port);
+        spilled = spilled.max(metric(&body, "streamherd_spill_bytes"));
+        let written = metric(&body, "streamherd_sink_events_total");
         if written >= expect as f64 {
             break;
         }
@@ -188,7 +208,7 @@ fsync = "never"
     }
     let _ = child.0.wait();
     let trace = traced.then(|| std::fs::read_to_string(&trace_file).unwrap_or_default());
-    Run { wall, cpu_s, trace }
+    Run { wall, cpu_s, trace, spilled }
 }
 
 /// The child processes of `pid`.
@@ -225,6 +245,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -248,13 +273,17 @@ fn twitter(dir: &Path) {
         d.consumer_key, d.consumer_secret, d.token, d.token_secret
     );
     let (mut base_runs, mut ours, mut cpu, mut file_runs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut base_cpu, mut file_cpu, mut spills) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         // Signed afresh each round: the simulator refuses a replayed nonce.
         let signed = sign(&twitter_request(TwitterEndpoint::Filter, &base, &query), &creds);
         assert!(matches!(signed.method, Method::Post));
         let auth = format!("Authorization: {}", signed.authorization);
         match curl(&signed.url, std::slice::from_ref(&auth), signed.body.as_deref(), Path::new("/dev/null")) {
-            Some(d) => base_runs.push(d),
+            Some((d, c)) => {
+                base_runs.push(d);
+                base_cpu.push(c);
+            }
             None => {
                 println!("twitter.filter: curl failed or is not installed; no baseline");
                 return;
@@ -263,21 +292,32 @@ fn twitter(dir: &Path) {
         let signed = sign(&twitter_request(TwitterEndpoint::Filter, &base, &query), &creds);
         let auth = format!("Authorization: {}", signed.authorization);
         let file = dir.join("curl.out");
-        if let Some(d) = curl(&signed.url, &[auth], signed.body.as_deref(), &file) {
+        if let Some((d, c)) = curl(&signed.url, &[auth], signed.body.as_deref(), &file) {
             file_runs.push(d);
+            file_cpu.push(c);
         }
         let _ = std::fs::remove_file(&file);
         let run = streamherd(dir, &source, TWEETS, false);
         ours.push(run.wall);
         cpu.push(run.cpu_s);
+        spills.push(run.spilled);
     }
     let (b, o) = (median(base_runs), median(ours));
     let (user_us, sys_us) = per_message(cpu, TWEETS);
     println!("twitter.filter, {TWEETS} tweets, median of {ROUNDS} rounds, simulator in its own process:");
-    println!("  baseline curl -> /dev/null        {:>10.0} msgs/s", rate(TWEETS, b));
+    let us_per_msg = |c: Vec<f64>| median_f64(c) * 1e6 / TWEETS as f64;
+    println!(
+        "  baseline curl -> /dev/null        {:>10.0} msgs/s, curl's CPU {:.2} us/msg",
+        rate(TWEETS, b),
+        us_per_msg(base_cpu)
+    );
     if !file_runs.is_empty() {
         let f = median(file_runs);
-        println!("  curl -> file (the page cache here) {:>10.0} msgs/s", rate(TWEETS, f));
+        println!(
+            "  curl -> file (the page cache here) {:>10.0} msgs/s, curl's CPU {:.2} us/msg",
+            rate(TWEETS, f),
+            us_per_msg(file_cpu)
+        );
         println!("  ratio streamherd / curl -> file    {:>10.2}", f.as_secs_f64() / o.as_secs_f64());
     }
     println!("  streamherd -> file (fsync never)  {:>10.0} msgs/s", rate(TWEETS, o));
@@ -285,6 +325,11 @@ fn twitter(dir: &Path) {
     println!(
         "  streamherd CPU per message         {:>10.2} us ({user_us:.2} user + {sys_us:.2} system, startup included)",
         user_us + sys_us
+    );
+    println!(
+        "  sink fell behind its buffer        {} of {ROUNDS} rounds (most spilled at a scrape: {:.1} MB)",
+        spills.iter().filter(|&&b| b > 0.0).count(),
+        spills.iter().copied().fold(0.0, f64::max) / 1e6
     );
     if has("strace") {
         let run = streamherd(dir, &source, TWEETS, true);
@@ -317,7 +362,7 @@ fn mastodon(dir: &Path) {
             None,
             Path::new("/dev/null"),
         ) {
-            Some(d) => base_runs.push(d),
+            Some((d, _)) => base_runs.push(d),
             None => {
                 println!("mastodon: curl failed or is not installed; no baseline");
                 return;
