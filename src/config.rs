@@ -513,8 +513,21 @@ fn file_name_of(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
 }
 
-const SHARED_SINK_KEYS: [&str; 9] =
-    ["name", "kind", "kinds", "sources", "buffer", "when_full", "batch_max_events", "batch_max_ms", "spill_max_bytes"];
+const SHARED_SINK_KEYS: [&str; 10] = [
+    "name",
+    "kind",
+    "kinds",
+    "sources",
+    "buffer",
+    "when_full",
+    "batch_max_events",
+    "batch_max_ms",
+    "spill_max_bytes",
+    "spill_after_ms",
+];
+
+/// `spill_after_ms` unless set.
+const DEFAULT_SPILL_AFTER_MS: u64 = 100;
 
 fn validate_sink(
     i: usize,
@@ -592,6 +605,10 @@ fn validate_sink(
         dir: service.state_dir.join("spill").join(file_name_of(&name)),
         max_bytes: bounded("spill_max_bytes", DEFAULT_SPILL_MAX_BYTES, u64::MAX >> 1)?,
         segment_bytes: SEGMENT_BYTES,
+        after: Duration::from_millis(match table.get("spill_after_ms") {
+            None => DEFAULT_SPILL_AFTER_MS,
+            Some(v) => v.as_u64().filter(|n| *n <= 60_000).ok_or_else(|| (key("spill_after_ms"), "must be 0..=60000".into()))?,
+        }),
     };
     let settings: serde_json::Map<String, serde_json::Value> = table
         .iter()

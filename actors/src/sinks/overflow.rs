@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -26,6 +27,12 @@ pub struct SpillOptions {
     pub max_bytes: u64,
     /// Size at which the spill starts a new segment file.
     pub segment_bytes: u64,
+    /// How long a full memory queue holds the streams back before the
+    /// overflow goes to disk (`spill_after_ms`). A sink that is merely the
+    /// slowest stage frees room every few milliseconds and never spills:
+    /// spilling costs each event a second write and a read, so spilling a
+    /// sink that keeps up but only just would slow it further.
+    pub after: Duration,
 }
 
 /// One sink's spill, shared by its producers and its actor.
@@ -35,6 +42,7 @@ pub struct Overflow {
     pub room: Notify,
     gauge: Gauge,
     sink: String,
+    after: Duration,
 }
 
 struct State {
@@ -75,7 +83,12 @@ impl Overflow {
         }
         gauge.set(i64::try_from(left).unwrap_or(i64::MAX));
         let state = State { active: left > 0, full: false, appended: left, acks: VecDeque::new(), spill };
-        Ok(Overflow { state: Mutex::new(state), room: Notify::new(), gauge, sink: sink.to_owned() })
+        Ok(Overflow { state: Mutex::new(state), room: Notify::new(), gauge, sink: sink.to_owned(), after: options.after })
+    }
+
+    /// How long a full memory queue waits for room before spilling.
+    pub fn after(&self) -> Duration {
+        self.after
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::encode::{push_json_str, push_timestamp, push_u64};
 use super::overflow::{corruption_gap, Appended, Overflow, SpillOptions};
@@ -326,19 +326,38 @@ impl SinkHandle {
 
     /// Queues in memory while there is room and nothing is spilled, else
     /// appends to the spill; at the spill's limit waits for replay to make
-    /// room (the fallback to `block`).
+    /// room (the fallback to `block`). A full queue first waits up to the
+    /// spill's `after` for room, so a sink that keeps up, only just, paces
+    /// the streams instead of paying a disk round trip for every event.
     async fn enqueue_or_spill(&self, events: Arc<[Event]>, ack: Option<&BatchAck>) {
         let shared = &*self.shared;
         let Some(overflow) = &shared.overflow else { return self.block(events, ack).await };
         let n = permit_count(events.len());
+        let mut held = None;
+        if !overflow.active() && !overflow.after().is_zero() {
+            held = match shared.permits.clone().try_acquire_many_owned(n) {
+                Ok(permit) => Some(permit),
+                Err(TryAcquireError::Closed) => return self.dropped_after_stop(events.len(), ack),
+                Err(TryAcquireError::NoPermits) => {
+                    match tokio::time::timeout(overflow.after(), shared.permits.clone().acquire_many_owned(n)).await {
+                        Ok(Ok(permit)) => Some(permit),
+                        Ok(Err(_closed)) => return self.dropped_after_stop(events.len(), ack),
+                        // Still full: the sink is stalled, not just slow.
+                        Err(_elapsed) => None,
+                    }
+                }
+            };
+        }
         loop {
             let room = overflow.room.notified();
             tokio::pin!(room);
             // Registered before the check, so a wake-up in between is not missed.
             room.as_mut().enable();
             let mut permit = None;
+            // A permit won while waiting is used only if nothing was spilled
+            // meanwhile (else these events go after the spilled ones).
             let appended = overflow.append(&events, ack, || {
-                permit = shared.permits.clone().try_acquire_many_owned(n).ok();
+                permit = held.take().or_else(|| shared.permits.clone().try_acquire_many_owned(n).ok());
                 permit.is_some()
             });
             match appended {
@@ -1038,7 +1057,12 @@ mod tests {
             when_full,
             kinds: None,
             sources: None,
-            spill: SpillOptions { dir: PathBuf::new(), max_bytes: 1 << 20, segment_bytes: 1 << 16 },
+            spill: SpillOptions {
+                dir: PathBuf::new(),
+                max_bytes: 1 << 20,
+                segment_bytes: 1 << 16,
+                after: Duration::ZERO,
+            },
         }
     }
 
@@ -1302,7 +1326,8 @@ mod tests {
 
     fn spilling(dir: &std::path::Path, buffer: usize) -> SinkOptions {
         let mut opts = options(buffer, WhenFull::Spill);
-        opts.spill = SpillOptions { dir: dir.to_path_buf(), max_bytes: 1 << 24, segment_bytes: 1 << 12 };
+        opts.spill =
+            SpillOptions { dir: dir.to_path_buf(), max_bytes: 1 << 24, segment_bytes: 1 << 12, after: Duration::ZERO };
         opts
     }
 
@@ -1336,6 +1361,52 @@ mod tests {
         })
         .await;
         assert_eq!(metrics.spill_bytes.get_or_create(&Metrics::sink("archive")).get(), 0);
+        within("stop", sink.stop()).await;
+    }
+
+    #[actix_rt::test]
+    async fn a_full_queue_waits_spill_after_for_room_before_it_spills() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let after = Duration::from_millis(300);
+        let mut opts = spilling(dir.path(), 4);
+        opts.spill.after = after;
+
+        // A slow sink (every write takes 20 ms) frees room well within
+        // `after`: the producer is paced and nothing goes to disk.
+        let slow = Recorder { write_delay: Some(Duration::from_millis(20)), ..Recorder::default() };
+        let metrics = Metrics::default();
+        let sink = start(&slow, opts.clone(), &metrics);
+        for n in 0..10 {
+            within("deliver to a slow sink", sink.deliver(&tweets("a", n * 4..n * 4 + 4))).await;
+            assert!(!sink.spilled(), "batch {n} spilled although the sink keeps freeing room");
+        }
+        within("flush", sink.flush()).await.expect("flush succeeds");
+        assert_eq!(slow.written().len(), 40);
+        within("stop", sink.stop()).await;
+
+        // A held sink frees nothing: the batch that does not fit waits
+        // `after`, then spills, and the producer reads on.
+        let gate = Gate::default();
+        let _open = OpenOnDrop(gate.clone());
+        let held = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
+        let sink = start(&held, opts, &Metrics::default());
+        within("fill the memory queue", sink.deliver(&tweets("b", 0..4))).await;
+        let started = Instant::now();
+        within("deliver past a full queue", sink.deliver(&tweets("b", 4..8))).await;
+        let waited = started.elapsed();
+        assert!(sink.spilled(), "held past spill_after, the overflow spills");
+        assert!(waited >= after, "spilled after {waited:?}, before spill_after ({after:?})");
+        let started = Instant::now();
+        within("deliver while spilling", sink.deliver(&tweets("b", 8..12))).await;
+        assert!(started.elapsed() < after, "once spilling, later batches do not wait again");
+        gate.open();
+        within("replay", async {
+            while held.written().len() < 12 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert_eq!(held.ids(), (0..12).map(|i| i.to_string()).collect::<Vec<_>>());
         within("stop", sink.stop()).await;
     }
 
