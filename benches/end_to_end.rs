@@ -298,6 +298,14 @@ fn twitter(dir: &Path) {
         }
         let _ = std::fs::remove_file(&file);
         let run = streamherd(dir, &source, TWEETS, false);
+        println!(
+            "  round {}: streamherd {:.0} msgs/s, {:.2} us CPU/msg ({:.2} system), spilled at most {:.1} MB",
+            ours.len() + 1,
+            rate(TWEETS, run.wall),
+            (run.cpu_s.0 + run.cpu_s.1) * 1e6 / TWEETS as f64,
+            run.cpu_s.1 * 1e6 / TWEETS as f64,
+            run.spilled / 1e6
+        );
         ours.push(run.wall);
         cpu.push(run.cpu_s);
         spills.push(run.spilled);
