@@ -343,6 +343,36 @@ async fn an_oversized_message_is_dropped_and_the_stream_goes_on() {
 }
 
 #[actix_rt::test]
+async fn an_endless_line_is_counted_as_oversized_and_the_stream_reconnected() {
+    // After 5 messages the body turns into one line without end.
+    let endless = AttemptScript { endless_after: Some(5), ..Default::default() };
+    let scenario = Scenario { attempts: vec![endless], then: AttemptScript { limit: Some(5), ..Default::default() } };
+    let sim = start_sim(scenario, 0, 1000).await;
+    let cfg = one_source(&sim, "twitter.filter", "track = [\"rust\"]");
+    std::fs::write(
+        &cfg.path,
+        std::fs::read_to_string(&cfg.path)
+            .unwrap()
+            .replace("stats_interval_s = 0", "stats_interval_s = 0\nmax_message_bytes = 1048576"),
+    )
+    .unwrap();
+    let running = start_service(&cfg).await;
+    wait_for(T, "the second connection's 5 messages", || sink_events(&running) >= 10).await;
+    stop_service(&running).await;
+    assert_eq!(running.metrics.oversized_total.get_or_create(&Metrics::source("src")).get(), 1);
+    let conns = sim.connections();
+    assert!(conns.len() >= 2, "reconnected after the endless line: {conns:?}");
+    let first = &conns[0];
+    // streamherd hung up soon after the line passed 1 MiB, not after the
+    // simulator's 1 GiB cap.
+    assert_ne!(first.end, "endless", "{first:?}");
+    let envs = read_envelopes(&cfg.data());
+    assert_eq!(envs.iter().filter(|e| e.kind != "gap").count(), 10, "5 before, 5 after");
+    assert_eq!(envs.iter().filter(|e| e.kind == "gap").count(), 1, "the reconnect is a gap");
+    sim.stop().await;
+}
+
+#[actix_rt::test]
 async fn our_signature_verifies_and_a_wrong_secret_is_refused() {
     let sim = start_sim(Scenario::default(), 0, 1000).await;
     let cfg = one_source(

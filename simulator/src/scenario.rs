@@ -66,6 +66,12 @@ pub struct AttemptScript {
     /// Size of the oversized messages (default 17 MiB: above the 16 MiB
     /// `max_message_bytes` default).
     pub oversized_bytes: usize,
+    /// Twitter: after this many messages the body becomes one line without
+    /// end: `x` bytes, never a CRLF, until the client goes away or
+    /// `endless_bytes` were sent (then the connection ends, `endless`).
+    pub endless_after: Option<u64>,
+    /// Cap of the endless line (default 1 GiB): every loop is bounded.
+    pub endless_bytes: u64,
     /// Which messages the stream carries.
     pub mix: Mix,
     /// End the body cleanly after N messages. On a `broadcast` stream that
@@ -114,6 +120,8 @@ impl Default for AttemptScript {
             malformed_every: None,
             oversized_at: Vec::new(),
             oversized_bytes: DEFAULT_OVERSIZED_BYTES,
+            endless_after: None,
+            endless_bytes: 1 << 30,
             mix: Mix::Realistic,
             limit: None,
             broadcast: false,

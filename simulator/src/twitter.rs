@@ -386,6 +386,18 @@ impl Producer {
             self.writer.flush().await?;
             return Ok(Step::End("limit"));
         }
+        if s.endless_after.is_some_and(|n| sent >= n) {
+            let cap = s.endless_bytes;
+            let piece = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+            let mut written = 0u64;
+            // Bounded by the cap; ends early when the client hangs up.
+            while written < cap {
+                let n = (cap - written).min(piece.len() as u64) as usize;
+                self.writer.raw(piece.slice(..n)).await?;
+                written += n as u64;
+            }
+            return Ok(Step::End("endless"));
+        }
         if !*silenced && s.silence_after.is_some_and(|n| sent >= n) {
             *silenced = true;
             self.writer.flush().await?;

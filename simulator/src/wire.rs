@@ -130,6 +130,12 @@ impl FrameWriter {
         }
     }
 
+    /// Bytes sent as they are, no framing (a broken body), at once.
+    pub(crate) async fn raw(&mut self, bytes: Bytes) -> Result<(), Halt> {
+        self.flush().await?;
+        self.send(Piece::Data(bytes)).await
+    }
+
     /// A keep-alive: a bare CRLF, sent at once.
     pub(crate) async fn keepalive(&mut self) -> Result<(), Halt> {
         self.pending.extend_from_slice(b"\r\n");

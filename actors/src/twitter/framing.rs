@@ -13,7 +13,15 @@ pub enum Frame {
     KeepAlive,
     /// A message longer than the limit was skipped; the stream goes on.
     Oversized {
-        /// Its length as far as known (the announced length, or bytes skipped so far).
+        /// Its length (the announced length, or the complete line's).
+        len: usize,
+    },
+    /// Line mode: more than the limit arrived without a CRLF. Reported once,
+    /// as soon as the limit is passed (an endless line would otherwise be
+    /// skipped silently for ever); the framer then drops bytes up to the
+    /// next CRLF, but the stream is broken and is best reconnected.
+    Runaway {
+        /// Bytes of the line so far.
         len: usize,
     },
     /// A length line that is not a number (`delimited=length` only); skipped.
@@ -111,6 +119,7 @@ impl Framer {
                             }
                             self.scanned = 0;
                             self.state = State::Skip { remaining: None, len };
+                            return Some(Frame::Runaway { len });
                         }
                         return None;
                     };
@@ -167,10 +176,10 @@ impl Framer {
                 }
                 State::Skip { remaining: None, len } => match self.find_crlf() {
                     Some(end) => {
+                        // Already reported as `Runaway` when it passed the limit.
                         self.buf.advance(end + 2);
                         self.scanned = 0;
                         self.state = State::Line;
-                        return Some(Frame::Oversized { len: len + end });
                     }
                     None => {
                         let dropped = self.buf.len().saturating_sub(1);
@@ -293,10 +302,32 @@ mod tests {
         for cut in [0, 3, 100, 511, 512, 513, body.len()] {
             let got = run(Delimiting::Lines, 64, &[&body.as_bytes()[..cut], &body.as_bytes()[cut..]]);
             assert_eq!(got.len(), 2, "cut {cut}: {got:?}");
-            assert!(matches!(got[0], Frame::Oversized { len } if len >= 64), "cut {cut}: {got:?}");
+            // Whole in one chunk, its end is known; cut past the limit, it is
+            // reported as soon as the limit is passed.
+            let want_runaway = cut > 66 && cut < big.len() + 2;
+            match got[0] {
+                Frame::Oversized { len } => assert!(len >= 64 && !want_runaway, "cut {cut}: {got:?}"),
+                Frame::Runaway { len } => assert!(len > 64 && want_runaway, "cut {cut}: {got:?}"),
+                _ => panic!("cut {cut}: {got:?}"),
+            }
         }
         let got = run(Delimiting::Lines, 1 << 10, &[format!("{big}\r\n{TWEET}\r\n").as_bytes()]);
         assert_eq!(got, vec![msg(&big), msg(TWEET)]);
+    }
+
+    #[test]
+    fn an_endless_line_is_reported_once_as_soon_as_it_passes_the_limit() {
+        let mut f = Framer::new(Delimiting::Lines, 1000);
+        let mut reports = Vec::new();
+        for _ in 0..10_000 {
+            f.push(&[b'x'; 333]);
+            reports.extend(frames(&mut f));
+            assert!(f.pending() <= 1000 + 2 + 333, "bounded: {}", f.pending());
+        }
+        assert_eq!(reports, vec![Frame::Runaway { len: 1332 }]);
+        // If it ever ends, the stream goes on after it.
+        f.push(b"xx\r\n{\"a\":1}\r\n");
+        assert_eq!(frames(&mut f), vec![msg("{\"a\":1}")]);
     }
 
     #[test]

@@ -162,6 +162,15 @@ impl Protocol for TwitterProtocol {
                     conn.oversized("message", len);
                     continue;
                 }
+                Frame::Runaway { len } => {
+                    // Counted, logged, and reconnected: a line without end is a
+                    // broken body, and skipping it could take for ever.
+                    conn.oversized("line without a CRLF", len);
+                    return Some(StreamError::network(format!(
+                        "broken body: a line ran past max_message_bytes ({} bytes) without a CRLF",
+                        conn.spec.max_message_bytes
+                    )));
+                }
                 Frame::BadLength(line) => {
                     conn.stats.counters().malformed.inc();
                     tracing::warn!(connection = %conn.spec.id, line = %snippet(&line), "length line is not a number; skipped");
