@@ -1,6 +1,8 @@
 //! The `file` sink: appends one line per event to files named by a path
 //! template (`data/{source}/%Y-%m-%d.jsonl`), rotates by size into `.1`, `.2`,
-//! ... files, and repairs a partial last line that a crash left behind.
+//! ... files, and repairs a partial last line that a crash left behind. A
+//! file deleted, moved or replaced under it (logrotate, an operator) is
+//! noticed before the next write and the path is opened afresh.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
@@ -301,6 +303,19 @@ fn with_path(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
+/// Which file `meta` describes (device and inode): a path that names a
+/// different one than the open file was moved, deleted or replaced.
+#[cfg(unix)]
+fn identity(meta: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+#[cfg(not(unix))]
+fn identity(_: &fs::Metadata) -> (u64, u64) {
+    (0, 0)
+}
+
 /// Opens `path` for append, creating it and its directories, and cuts a
 /// partial last line off. Returns the file and its length.
 fn open_repaired(path: &Path) -> io::Result<(File, u64)> {
@@ -369,10 +384,45 @@ struct OpenFile {
     /// Bytes reached the OS since the last `sync_data`.
     unsynced: bool,
     last_used: u64,
+    /// Device and inode of `file`, to notice the path naming another file.
+    id: (u64, u64),
 }
 
 impl OpenFile {
+    fn new(base: PathBuf, index: u32, path: PathBuf, file: File, size: u64, last_used: u64) -> io::Result<OpenFile> {
+        let id = identity(&file.metadata().map_err(|e| with_path(e, &path))?);
+        Ok(OpenFile { base, index, path, file, size, pending: Vec::new(), unsynced: false, last_used, id })
+    }
+
+    /// Opens the path afresh when it no longer names the open file: lines
+    /// written into a deleted or renamed file would never be seen at the
+    /// path (after logrotate, or an operator's `rm`), though every write
+    /// succeeds. One stat per write(2).
+    fn reopen_if_moved(&mut self) -> io::Result<()> {
+        let why = match fs::metadata(&self.path) {
+            Ok(meta) if identity(&meta) == self.id => return Ok(()),
+            Ok(_) => "the path now names another file",
+            Err(e) if e.kind() == io::ErrorKind::NotFound => "the file (or its directory) was deleted or moved",
+            Err(e) => return Err(with_path(e, &self.path)),
+        };
+        // Written but not synced lines went with the old file; sync them
+        // there first, for whoever holds it now (a rotated name).
+        if self.unsynced {
+            let _ = self.file.sync_data();
+        }
+        let (file, size) = open_repaired(&self.path)?;
+        tracing::warn!(path = %self.path.display(), why, "output file changed under the sink; reopened the path");
+        self.id = identity(&file.metadata().map_err(|e| with_path(e, &self.path))?);
+        self.file = file;
+        self.size = size + self.pending.len() as u64;
+        self.unsynced = false;
+        Ok(())
+    }
+
     fn write_pending(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            self.reopen_if_moved()?;
+        }
         while !self.pending.is_empty() {
             match self.file.write(&self.pending) {
                 Ok(0) => {
@@ -446,16 +496,7 @@ impl OpenFiles {
                 self.files.swap_remove(lru).close(self.fsync);
             }
         }
-        self.files.push(OpenFile {
-            base: base.to_path_buf(),
-            index,
-            path,
-            file,
-            size,
-            pending: Vec::new(),
-            unsynced: false,
-            last_used: self.clock,
-        });
+        self.files.push(OpenFile::new(base.to_path_buf(), index, path, file, size, self.clock)?);
         Ok(self.files.len() - 1)
     }
 
@@ -504,6 +545,7 @@ impl OpenFiles {
         let path = numbered(&current.base, index);
         let (file, size) = open_repaired(&path)?;
         tracing::debug!(path = %path.display(), "rotated to the next file");
+        current.id = identity(&file.metadata().map_err(|e| with_path(e, &path))?);
         current.index = index;
         current.path = path;
         current.file = file;
@@ -703,6 +745,37 @@ mod tests {
         assert_eq!(ids(&read(&dir.path().join("a/2026-11-22.jsonl"))), [1, 4]);
         assert_eq!(ids(&read(&dir.path().join("b/2026-11-22.jsonl"))), [2]);
         assert_eq!(ids(&read(&dir.path().join("b/2026-11-23.jsonl"))), [3]);
+    }
+
+    #[test]
+    fn a_deleted_directory_or_a_rotated_file_is_noticed_and_the_path_reopened() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("out/x.jsonl");
+        let mut s = sink(settings(&path));
+        s.write(&[event("a", 1)]).expect("write");
+        s.flush().expect("flush");
+
+        // An operator deletes the directory: the next lines must land at the
+        // path again, not in the deleted inode.
+        fs::remove_dir_all(dir.path().join("out")).expect("remove the directory");
+        s.write(&[event("a", 2), event("a", 3)]).expect("write");
+        s.flush().expect("flush");
+        assert_eq!(ids(&read(&path)), [2, 3]);
+
+        // logrotate without copytruncate: the file is renamed, the path is free.
+        let rotated = dir.path().join("out/x.jsonl.1");
+        fs::rename(&path, &rotated).expect("rotate");
+        s.write(&[event("a", 4)]).expect("write");
+        s.flush().expect("flush");
+        assert_eq!(ids(&read(&rotated)), [2, 3]);
+        assert_eq!(ids(&read(&path)), [4]);
+
+        // Replaced by another file at the same path.
+        fs::remove_file(&path).expect("remove");
+        fs::write(&path, "{\"id_str\":\"0009\"}\n").expect("replace");
+        s.write(&[event("a", 5)]).expect("write");
+        s.flush().expect("flush");
+        assert_eq!(ids(&read(&path)), [9, 5]);
     }
 
     #[test]
