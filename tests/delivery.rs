@@ -462,3 +462,68 @@ async fn a_full_spill_holds_the_stream_back_and_degrades_health() {
     reader.join().unwrap();
     assert_eq!(payloads(&parse_envelopes(&text(&out))), sent_on(&sim, 0), "nothing lost, in order");
 }
+
+#[actix_rt::test]
+async fn a_full_disk_degrades_health_spills_and_loses_nothing() {
+    // The archive's path is a symlink to /dev/full: every write(2) fails
+    // with ENOSPC, as on a full disk. The spill (state_dir) has room.
+    let sim = start_sim(limited(2_000), 1_000, 1000).await;
+    let port = free_port();
+    let cfg = Conf::new()
+        .table(&format!("[control]\nlisten = \"127.0.0.1:{port}\""))
+        .twitter("filter", "twitter.filter", &sim, "track = [\"full\"]")
+        .sink("name = \"archive\"\nkind = \"file\"\npath = \"{dir}/out/archive.jsonl\"\nfsync = \"never\"\nbuffer = 64\nspill_after_ms = 0")
+        .write();
+    let out = cfg.dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let archive = out.join("archive.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &archive).unwrap();
+    let running = start_service(&cfg).await;
+    let client = awc::Client::builder().timeout(Duration::from_secs(5)).finish();
+    let health = || async {
+        let mut resp = client.get(format!("http://127.0.0.1:{port}/health")).send().await.ok()?;
+        let body: serde_json::Value = resp.json().await.ok()?;
+        Some((resp.status().as_u16(), body))
+    };
+    let start = std::time::Instant::now();
+    let degraded = loop {
+        let now = health().await;
+        if let Some((503, body)) = &now {
+            if body["reasons"].to_string().contains("sink archive") {
+                break body.clone();
+            }
+        }
+        assert!(start.elapsed() < T, "/health never named the full disk: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(degraded["status"], "degraded", "{degraded}");
+    assert!(degraded["reasons"].to_string().contains("No space left on device"), "{degraded}");
+    wait_for(T, "the overflow to go to the spill", || spill_bytes(&running) > 0).await;
+    // The stream reads on at the server's rate while the disk is full.
+    wait_for(T, "all 2,000 read", || read_total(&running) >= 2_000).await;
+    assert_eq!(running.metrics.sink_dropped_total.get_or_create(&Metrics::sink("archive")).get(), 0);
+
+    // Room again: the path becomes an ordinary file.
+    std::fs::remove_file(&archive).unwrap();
+    wait_for(T, "everything written once the disk has room", || sink_written(&running) >= 2_000).await;
+    let start = std::time::Instant::now();
+    loop {
+        let now = health().await;
+        if now.as_ref().map(|(s, _)| *s) == Some(200) {
+            break;
+        }
+        assert!(start.elapsed() < T, "/health did not recover: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_service(&running).await;
+    let envs = parse_envelopes(&std::fs::read_to_string(&archive).unwrap());
+    let (got, sent) = (payloads(&envs), sent_on(&sim, 0));
+    let first_difference = got.iter().zip(&sent).position(|(a, b)| a != b);
+    assert!(
+        got == sent,
+        "every message once, in order: {} written, {} sent, first difference at {first_difference:?}",
+        got.len(),
+        sent.len()
+    );
+    assert_eq!(running.metrics.sink_dropped_total.get_or_create(&Metrics::sink("archive")).get(), 0);
+}

@@ -300,7 +300,43 @@ fn highest_index(base: &Path) -> io::Result<u32> {
 }
 
 fn with_path(e: io::Error, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    let kind = e.kind();
+    io::Error::new(kind, WithPath { path: path.to_path_buf(), inner: e })
+}
+
+/// An I/O error and the path it happened on; keeps the OS error code for
+/// [`sink_error`].
+#[derive(Debug)]
+struct WithPath {
+    path: PathBuf,
+    inner: io::Error,
+}
+
+impl std::fmt::Display for WithPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.inner)
+    }
+}
+
+impl std::error::Error for WithPath {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.inner)
+    }
+}
+
+/// The OS error code of `e`, also through [`with_path`].
+fn os_code(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| e.get_ref()?.downcast_ref::<WithPath>()?.inner.raw_os_error())
+}
+
+/// A full, read-only or failing disk is `Unavailable`: the runtime retries
+/// until it takes the lines again (the queue spills meanwhile, `/health` is
+/// degraded) instead of dropping them after a few attempts.
+fn sink_error(e: io::Error) -> SinkError {
+    match os_code(&e) {
+        Some(libc::ENOSPC | libc::EROFS | libc::EDQUOT | libc::EIO) => SinkError::Unavailable(e.to_string()),
+        _ => SinkError::Io(e),
+    }
 }
 
 /// Which file `meta` describes (device and inode): a path that names a
@@ -386,12 +422,43 @@ struct OpenFile {
     last_used: u64,
     /// Device and inode of `file`, to notice the path naming another file.
     id: (u64, u64),
+    /// Where the lines of the `FileSink::write` call in progress start in
+    /// `pending`, so that a failed call takes back what the OS did not get
+    /// (its retry encodes them again; without this they would be written
+    /// twice and `pending` would grow with every retry of a full disk).
+    mark: usize,
+    /// The OS took part of the call's first unwritten line: a roll back
+    /// keeps the rest of that line, so that no line is split.
+    mark_torn: bool,
 }
 
 impl OpenFile {
     fn new(base: PathBuf, index: u32, path: PathBuf, file: File, size: u64, last_used: u64) -> io::Result<OpenFile> {
         let id = identity(&file.metadata().map_err(|e| with_path(e, &path))?);
-        Ok(OpenFile { base, index, path, file, size, pending: Vec::new(), unsynced: false, last_used, id })
+        Ok(OpenFile {
+            base,
+            index,
+            path,
+            file,
+            size,
+            pending: Vec::new(),
+            unsynced: false,
+            last_used,
+            id,
+            mark: 0,
+            mark_torn: false,
+        })
+    }
+
+    /// Takes back the lines of the failed call that are still pending.
+    fn roll_back(&mut self) {
+        let keep = if self.mark_torn {
+            memchr::memchr(b'\n', &self.pending).map_or(self.pending.len(), |i| i + 1)
+        } else {
+            self.mark.min(self.pending.len())
+        };
+        self.size -= (self.pending.len() - keep) as u64;
+        self.pending.truncate(keep);
     }
 
     /// Opens the path afresh when it no longer names the open file: lines
@@ -432,6 +499,11 @@ impl OpenFile {
                     ))
                 }
                 Ok(n) => {
+                    if n > self.mark {
+                        // Lines of the current call reached the OS; did it stop mid-line?
+                        self.mark_torn = self.pending[n - 1] != b'\n';
+                    }
+                    self.mark = self.mark.saturating_sub(n);
                     self.pending.drain(..n);
                     self.unsynced = true;
                 }
@@ -617,17 +689,22 @@ impl FileSink {
 impl Sink for FileSink {
     fn write(&mut self, events: &[Event]) -> Result<(), SinkError> {
         let format = self.format;
-        for event in events {
-            let base = self.resolver.resolve(event)?;
-            let slot = self.open.slot(base)?;
-            self.open.append_encoded(slot, |out| encode_event(event, format, out))?;
+        for file in &mut self.open.files {
+            (file.mark, file.mark_torn) = (file.pending.len(), false);
         }
-        Ok(())
+        let result = events.iter().try_for_each(|event| {
+            let base = self.resolver.resolve(event)?;
+            let slot = self.open.slot(base).map_err(sink_error)?;
+            self.open.append_encoded(slot, |out| encode_event(event, format, out)).map_err(sink_error)
+        });
+        if result.is_err() {
+            self.open.files.iter_mut().for_each(OpenFile::roll_back);
+        }
+        result
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.open.flush()?;
-        Ok(())
+        self.open.flush().map_err(sink_error)
     }
 }
 

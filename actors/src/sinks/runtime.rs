@@ -138,6 +138,7 @@ pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -
         held_events: 0,
         held_since: None,
         overflow: overflow.clone(),
+        unflushed_replay: None,
         connection: Arc::from(format!("sink/{}", options.name)),
         gaps_total: metrics.gaps_total.clone(),
         unavailable: unavailable.clone(),
@@ -630,6 +631,10 @@ pub struct SinkActor {
     held_events: usize,
     held_since: Option<Instant>,
     overflow: Option<Arc<Overflow>>,
+    /// A replayed spill chunk the sink took but could not flush, and whether
+    /// it was written: only the flush is retried (the sink still holds its
+    /// lines), then the chunk is consumed. Writing it again would duplicate it.
+    unflushed_replay: Option<(crate::delivery::spill::Chunk, bool)>,
     /// `sink/<name>`, the `connection` of this sink's gap events.
     connection: Arc<str>,
     gaps_total: Family<SourceLabel, Counter>,
@@ -763,10 +768,27 @@ impl SinkActor {
             return Err(SinkError::Other(format!("sink `{}` is closed", self.name)));
         };
         let result = guarded(|| sink.flush());
-        if let Err(e) = &result {
-            self.counters.errors.inc();
-            tracing::warn!(sink = %self.name, error = %e, "sink flush failed");
+        let mut unavailable = self.unavailable.lock().unwrap_or_else(PoisonError::into_inner);
+        match &result {
+            // A full disk shows here first (lines reach the OS at the flush):
+            // /health names the sink until a flush works again.
+            Err(e @ SinkError::Unavailable(_)) => {
+                self.counters.errors.inc();
+                if unavailable.replace(e.to_string()).is_none() {
+                    tracing::error!(sink = %self.name, error = %e, "sink unavailable; retrying until it takes the lines (the queue spills meanwhile)");
+                }
+            }
+            Err(e) => {
+                self.counters.errors.inc();
+                tracing::warn!(sink = %self.name, error = %e, "sink flush failed");
+            }
+            Ok(()) => {
+                if unavailable.take().is_some() {
+                    tracing::info!(sink = %self.name, "sink available again");
+                }
+            }
         }
+        drop(unavailable);
         result
     }
 }
@@ -841,6 +863,10 @@ impl Handler<DrainSpill> for SinkActor {
         if self.sink.is_none() {
             return;
         }
+        if let Some((chunk, written)) = self.unflushed_replay.take() {
+            self.finish_replay(&overflow, chunk, written, ctx);
+            return;
+        }
         let chunk = match overflow.next(self.batch_max_events) {
             Ok(Some(chunk)) => chunk,
             Ok(None) => return,
@@ -866,8 +892,22 @@ impl Handler<DrainSpill> for SinkActor {
         }
         let written = self.write_with_retry(&chunk.events)
             && gap.as_ref().map_or(true, |g| self.write_with_retry(std::slice::from_ref(g)));
+        self.finish_replay(&overflow, chunk, written, ctx);
+    }
+}
+
+impl SinkActor {
+    /// Flushes a replayed chunk and consumes it from the spill; a failed
+    /// flush keeps it (not consumed) and only the flush is tried again.
+    fn finish_replay(
+        &mut self,
+        overflow: &Overflow,
+        chunk: crate::delivery::spill::Chunk,
+        written: bool,
+        ctx: &mut Context<Self>,
+    ) {
         if self.flush_held(ctx).is_err() && written {
-            // Not consumed: the same chunk is read again after a pause.
+            self.unflushed_replay = Some((chunk, written));
             ctx.notify_later(DrainSpill, RETRY_INITIAL);
             return;
         }
@@ -903,6 +943,15 @@ impl Handler<Close> for SinkActor {
     fn handle(&mut self, _: Close, ctx: &mut Self::Context) -> Self::Result {
         let result = self.flush_held(ctx);
         if let Some(overflow) = &self.overflow {
+            // A replayed chunk whose flush failed until now: consumed only if
+            // this last flush worked, else it is replayed at the next start.
+            if let Some((chunk, written)) = self.unflushed_replay.take() {
+                if result.is_ok() {
+                    if let Err(e) = overflow.consumed(&chunk, !written) {
+                        tracing::error!(sink = %self.name, error = %e, "cannot update the spill after replay; events may be written again");
+                    }
+                }
+            }
             overflow.close();
         }
         // What the last flush could not hand over is lost with the sink.

@@ -15,6 +15,8 @@ pub trait Sink: Send + 'static {
 
     /// Makes everything written so far durable as far as the sink's policy
     /// says; called after each batch drained from the queue and on stop.
+    /// A failed flush must keep what `write` took: the runtime retries the
+    /// flush, not the writes (which would then be written twice).
     fn flush(&mut self) -> Result<(), SinkError>;
 }
 
