@@ -88,6 +88,7 @@ async fn start_with(config: &Config, registries: &Registries, stop_system: bool)
     let mut supervisor =
         StreamSupervisor::new(config.sources.clone(), sinks.clone(), metrics.clone(), stats.clone(), interval)
             .state_dir(config.service.state_dir.clone())
+            .stop_timeout(Duration::from_secs_f64(config.service.stop_timeout_s))
             .reload_hook(reload)
             .stop_system(stop_system);
     if let Some(url) = &config.service.coordination {

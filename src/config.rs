@@ -62,6 +62,9 @@ pub struct ServiceConfig {
     pub log_level: String,
     /// Seconds between stats lines (0 = off).
     pub stats_interval_s: f64,
+    /// How long a graceful stop may take to drain the sinks; what is left
+    /// then stays in the spill for the next start.
+    pub stop_timeout_s: f64,
     /// Messages longer than this are dropped with an error.
     pub max_message_bytes: usize,
     /// `"i/N"`: this is instance i of N sharing the config; each carries the
@@ -83,6 +86,7 @@ impl Default for ServiceConfig {
             log_format: LogFormat::Pretty,
             log_level: "info".into(),
             stats_interval_s: 10.0,
+            stop_timeout_s: 30.0,
             max_message_bytes: 16 * 1024 * 1024,
             instance: None,
             coordination: None,
@@ -348,6 +352,9 @@ pub fn validate(file: &Path, raw: RawConfig, registries: &Registries) -> Result<
     if !(s.stats_interval_s >= 0.0 && s.stats_interval_s.is_finite()) {
         return Err(err("service.stats_interval_s".into(), "must be a non-negative number".into()));
     }
+    if !(s.stop_timeout_s > 0.0 && s.stop_timeout_s <= 86_400.0) {
+        return Err(err("service.stop_timeout_s".into(), "must be a number of seconds in (0, 86400]".into()));
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&s.log_level) {
         return Err(err("service.log_level".into(), format!("`{}` is not a log filter: {e}", s.log_level)));
     }
@@ -607,7 +614,10 @@ fn validate_sink(
         segment_bytes: SEGMENT_BYTES,
         after: Duration::from_millis(match table.get("spill_after_ms") {
             None => DEFAULT_SPILL_AFTER_MS,
-            Some(v) => v.as_u64().filter(|n| *n <= 60_000).ok_or_else(|| (key("spill_after_ms"), "must be 0..=60000".into()))?,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n <= 60_000)
+                .ok_or_else(|| (key("spill_after_ms"), "must be 0..=60000".into()))?,
         }),
     };
     let settings: serde_json::Map<String, serde_json::Value> = table

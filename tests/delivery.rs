@@ -77,6 +77,36 @@ impl Fifo {
     }
 }
 
+impl Fifo {
+    /// A slow sink: a thread reads at most `per_tick` bytes every `tick`
+    /// until the writer closes the pipe (bounded by `T`).
+    fn drain_slowly(mut self, per_tick: usize, tick: Duration) -> (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>) {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let shared = out.clone();
+        let thread = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let mut buf = vec![0u8; per_tick];
+            let mut seen = false;
+            while start.elapsed() < T * 2 {
+                match self.reader.read(&mut buf) {
+                    // End of file once the writer that wrote has gone (before
+                    // it opened the pipe, no writer reads as end of file too).
+                    Ok(0) if seen => return,
+                    Ok(0) => {}
+                    Ok(n) => {
+                        seen = true;
+                        shared.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(&buf[..n]);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => panic!("reading the fifo: {e}"),
+                }
+                std::thread::sleep(tick);
+            }
+        });
+        (out, thread)
+    }
+}
+
 /// What a killed writer left in the pipe, without its last partial line
 /// (that event was not acknowledged, so it is not counted as written).
 fn whole_lines(fifo: &mut Fifo) -> Vec<Envelope> {
@@ -526,4 +556,89 @@ async fn a_full_disk_degrades_health_spills_and_loses_nothing() {
         sent.len()
     );
     assert_eq!(running.metrics.sink_dropped_total.get_or_create(&Metrics::sink("archive")).get(), 0);
+}
+
+#[actix_rt::test]
+async fn a_stop_drains_for_stop_timeout_s_and_keeps_the_rest_in_the_spill() {
+    const N: u64 = 20_000;
+    let sim = start_sim(limited(N), 0, 1000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // A slow sink: 20,000 tweets (88 MB) at 25 MB/s take 3.5 s to drain,
+    // and all of them fit its memory queue.
+    let slow = format!(
+        "name = \"archive\"\nkind = \"file\"\npath = \"{}\"\nfsync = \"never\"\nbuffer = 100000",
+        dir.path().join("hold.fifo").display()
+    );
+    let conf = |sink: &str| {
+        Conf::new()
+            .service("stop_timeout_s = 0.5")
+            .twitter("filter", "twitter.filter", &sim, "track = [\"stop\"]")
+            .sink(sink)
+    };
+    write_process_config(dir.path(), conf(&slow), port);
+    let fifo = Fifo::create(dir.path().join("hold.fifo"));
+    let (out, reader) = fifo.drain_slowly(256 << 10, Duration::from_millis(10));
+    let mut child = run(dir.path(), "first.log");
+    let start = std::time::Instant::now();
+    while metric(port, "streamherd_events_total", "source=\"filter\"").await < N as f64 {
+        assert!(child.0.try_wait().unwrap().is_none(), "streamherd exited early");
+        if start.elapsed() > T {
+            let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap_or_default();
+            let read = metric(port, "streamherd_events_total", "source=\"filter\"").await;
+            panic!("read {read} of {N}; log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let written = metric(port, "streamherd_sink_events_total", "sink=\"archive\"").await;
+    assert!(written < N as f64 / 2.0, "the sink is slow, yet wrote {written} of {N}");
+    let stopped_at = std::time::Instant::now();
+    signal(&child.0, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child).await, 0);
+    let took = stopped_at.elapsed();
+    reader.join().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
+    // 0.5 s of draining, then the rest goes to the spill. The slack is for the
+    // write(2) in progress (at most 4 MiB: 0.2 s here) and a loaded machine;
+    // draining everything would take 3.5 s.
+    assert!(took < Duration::from_millis(2_000), "the stop took {took:?} with stop_timeout_s = 0.5; log:\n{log}");
+    let kept_line = log.lines().find(|l| l.contains("stop_timeout_s passed")).unwrap_or_else(|| panic!("{log}"));
+    let before = parse_envelopes(&text(&out));
+    let spilled: u64 = kept_line
+        .split_whitespace()
+        .find_map(|w| strip_ansi(w).strip_prefix("spill_bytes=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no spill size in {kept_line}"));
+    assert!(spilled > 0 && (before.len() as u64) < N, "{} written, {spilled} bytes kept: {kept_line}", before.len());
+    eprintln!("stop with a slow sink: {took:?}, {} written before it, {spilled} bytes kept in the spill", before.len());
+
+    // The next start writes the rest first.
+    write_process_config(dir.path(), conf(&file_sink(dir.path())), port);
+    let mut child = run(dir.path(), "second.log");
+    let rest = N as usize - before.len();
+    wait_metric(port, "streamherd_sink_events_total", "sink=\"archive\"", rest as f64, &mut child).await;
+    signal(&child.0, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child).await, 0);
+    let mut all = payloads(&before);
+    all.extend(payloads(&read_envelopes(&dir.path().join("data"))));
+    let sent = sent_on(&sim, 0);
+    assert!(all == sent, "every message once, in order: {} written of {} sent", all.len(), sent.len());
+}
+
+/// `w` without the colour codes of the pretty log format.
+fn strip_ansi(w: &str) -> String {
+    let mut out = String::new();
+    let mut chars = w.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Up to and including the final letter of the escape sequence.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -18,6 +18,10 @@ use crate::metrics::Metrics;
 use crate::sinks::runtime::SinkHandle;
 use crate::source::{PlannerContext, Source, SourceHandle};
 
+/// How long past `stop_timeout_s` a sink may take to put what it has
+/// queued into its spill and close, before the stop goes on without it.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Exit code when every source failed for good (SPEC section 2).
 pub const EXIT_ALL_SOURCES_FAILED: i32 = 3;
 
@@ -66,6 +70,8 @@ pub struct StreamSupervisor {
     state_dir: PathBuf,
     reload: Option<ReloadHook>,
     stats_interval: Duration,
+    /// How long the graceful stop may take (`[service] stop_timeout_s`).
+    stop_timeout: Duration,
     last_tick: (Instant, u64),
     stopping: bool,
     /// Stop the actix System after the graceful stop (false in embedded uses such as `probe`).
@@ -101,6 +107,7 @@ impl StreamSupervisor {
             state_dir: PathBuf::from("state"),
             reload: None,
             stats_interval,
+            stop_timeout: Duration::from_secs(30),
             last_tick: (Instant::now(), 0),
             stopping: false,
             stop_system: true,
@@ -122,6 +129,13 @@ impl StreamSupervisor {
     /// Where sources keep follow changes and resume positions (default `state`).
     pub fn state_dir(mut self, dir: PathBuf) -> Self {
         self.state_dir = dir;
+        self
+    }
+
+    /// How long a graceful stop may take (default 30 s): past it, what the
+    /// sinks still have queued stays in their spill for the next start.
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
         self
     }
 
@@ -391,6 +405,10 @@ impl Handler<Shutdown> for StreamSupervisor {
         let handles: Vec<SourceHandle> = self.handles.values().cloned().collect();
         let sinks = self.sinks.clone();
         let stop_system = self.stop_system && first;
+        let deadline = Instant::now() + self.stop_timeout;
+        for sink in sinks.iter() {
+            sink.begin_stop(deadline);
+        }
         Box::pin(
             async move {
                 if first {
@@ -400,10 +418,24 @@ impl Handler<Shutdown> for StreamSupervisor {
                     handle.stop().await;
                 }
                 for sink in sinks.iter() {
-                    if let Err(e) = sink.flush().await {
-                        tracing::error!(sink = sink.name(), error = %e, "final flush failed");
+                    // Past the deadline a sink spills what is queued, which is
+                    // quick; only a thread stuck in one write(2) (a hung mount)
+                    // outlasts the grace, and is then left behind.
+                    let left = deadline.saturating_duration_since(Instant::now()) + STOP_GRACE;
+                    let drained = tokio::time::timeout(left, async {
+                        if let Err(e) = sink.flush().await {
+                            tracing::error!(sink = sink.name(), error = %e, "final flush failed");
+                        }
+                        sink.stop().await;
+                    })
+                    .await;
+                    if drained.is_err() {
+                        tracing::error!(
+                            sink = sink.name(),
+                            queued = sink.queue_depth(),
+                            "sink did not finish within stop_timeout_s: it is stuck in a write; its queued events are lost"
+                        );
                     }
-                    sink.stop().await;
                 }
             }
             .into_actor(self)

@@ -83,7 +83,13 @@ impl Overflow {
         }
         gauge.set(i64::try_from(left).unwrap_or(i64::MAX));
         let state = State { active: left > 0, full: false, appended: left, acks: VecDeque::new(), spill };
-        Ok(Overflow { state: Mutex::new(state), room: Notify::new(), gauge, sink: sink.to_owned(), after: options.after })
+        Ok(Overflow {
+            state: Mutex::new(state),
+            room: Notify::new(),
+            gauge,
+            sink: sink.to_owned(),
+            after: options.after,
+        })
     }
 
     /// How long a full memory queue waits for room before spilling.
@@ -93,6 +99,11 @@ impl Overflow {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bytes in the spill not yet replayed.
+    pub fn bytes(&self) -> u64 {
+        self.lock().spill.bytes()
     }
 
     /// Whether events are going to the spill.

@@ -126,6 +126,7 @@ pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -
     let queued = Arc::new(AtomicUsize::new(0));
     let unavailable = Arc::new(Mutex::new(None));
     let stopping = Arc::new(AtomicBool::new(false));
+    let deadline = Arc::new(Mutex::new(None));
     let actor = SinkActor {
         sink: Some(sink),
         name: options.name.clone(),
@@ -143,6 +144,8 @@ pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -
         gaps_total: metrics.gaps_total.clone(),
         unavailable: unavailable.clone(),
         stopping: stopping.clone(),
+        deadline: deadline.clone(),
+        kept_at_stop: 0,
     };
     let addr = SinkActor::start_in_arbiter(&arbiter, move |_| actor);
     Ok(SinkHandle {
@@ -163,6 +166,7 @@ pub fn start_sink(sink: Box<dyn Sink>, options: SinkOptions, metrics: Metrics) -
             overflow,
             unavailable,
             stopping,
+            deadline,
         }),
     })
 }
@@ -209,6 +213,9 @@ struct Shared {
     unavailable: Arc<Mutex<Option<String>>>,
     /// Told to the actor when the service stops.
     stopping: Arc<AtomicBool>,
+    /// When a graceful stop must be done by (`stop_timeout_s`); past it,
+    /// what is still queued goes to the spill instead of the sink.
+    deadline: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Consecutive drops from one source, reported as one gap event.
@@ -503,6 +510,14 @@ impl SinkHandle {
         }
     }
 
+    /// A graceful stop began and must be done by `deadline`: until then the
+    /// queue drains into the sink; after it, what is left goes to the spill
+    /// (`when_full = "spill"`) for the next start, and a failing write is
+    /// not retried.
+    pub fn begin_stop(&self, deadline: Instant) {
+        *self.shared.deadline.lock().unwrap_or_else(PoisonError::into_inner) = Some(deadline);
+    }
+
     /// Writes everything already queued, flushes and closes the sink, and
     /// ends its thread. Events delivered afterwards are counted as dropped.
     pub async fn stop(&self) {
@@ -642,6 +657,11 @@ pub struct SinkActor {
     unavailable: Arc<Mutex<Option<String>>>,
     /// Set when the service stops: an unavailable destination is given up on.
     stopping: Arc<AtomicBool>,
+    /// The graceful stop's deadline, once the stop began (shared with the handle).
+    deadline: Arc<Mutex<Option<Instant>>>,
+    /// Events put in the spill instead of the sink because the stop's
+    /// deadline passed, for the last log line.
+    kept_at_stop: u64,
 }
 
 impl SinkActor {
@@ -685,6 +705,29 @@ impl SinkActor {
         }
     }
 
+    /// Whether a graceful stop began and its deadline passed.
+    fn past_deadline(&self) -> bool {
+        self.deadline.lock().unwrap_or_else(PoisonError::into_inner).is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Whether a graceful stop began (a failing write is then not retried).
+    fn stop_begun(&self) -> bool {
+        self.stopping.load(Ordering::Acquire) || self.deadline.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+
+    /// Past the stop's deadline: the batch goes to the spill, for the next
+    /// start, instead of the sink. False when there is no spill to take it.
+    fn keep_for_next_start(&mut self, events: &[Event]) -> bool {
+        let Some(overflow) = &self.overflow else { return false };
+        match overflow.append(events, None, || false) {
+            Appended::Yes { .. } => {
+                self.kept_at_stop += events.len() as u64;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The service stops while the destination is down.
     fn give_up_at_stop(&mut self, events: &[Event]) -> bool {
         if let Some(overflow) = &self.overflow {
@@ -700,19 +743,27 @@ impl SinkActor {
 
     /// Writes `events`; false when they were dropped after every attempt failed.
     fn write_with_retry(&mut self, events: &[Event]) -> bool {
-        let Some(sink) = self.sink.as_mut() else {
+        if self.sink.is_none() {
             self.counters.dropped.inc_by(events.len() as u64);
             tracing::error!(sink = %self.name, dropped = events.len(), "sink is closed; events dropped");
             return false;
-        };
+        }
         let mut delay = RETRY_INITIAL;
         for attempt in 1..=WRITE_ATTEMPTS {
-            match guarded(|| sink.write(events)) {
+            let Some(sink) = self.sink.as_mut() else { return false };
+            let result = guarded(|| sink.write(events));
+            match result {
                 Ok(()) => {
                     self.counters.written.inc_by(events.len() as u64);
                     return true;
                 }
                 Err(e @ SinkError::Unavailable(_)) => return self.write_while_unavailable(events, e),
+                Err(e) if self.stop_begun() && self.overflow.is_some() => {
+                    // Stopping: minutes of retries would hold the stop up.
+                    self.counters.errors.inc();
+                    tracing::warn!(sink = %self.name, error = %e, "sink write failed while stopping; the batch is kept in the spill");
+                    return self.give_up_at_stop(events);
+                }
                 Err(e) if attempt == WRITE_ATTEMPTS => {
                     self.counters.errors.inc();
                     self.counters.dropped.inc_by(events.len() as u64);
@@ -834,6 +885,15 @@ impl Handler<WriteEvents> for SinkActor {
     /// `batch_max_events` and `batch_max`.
     fn handle(&mut self, msg: WriteEvents, ctx: &mut Self::Context) {
         let WriteEvents { events, permit, ack } = msg;
+        if self.past_deadline() && self.keep_for_next_start(&events) {
+            // In the spill, not written: its positions must not advance.
+            if let Some(a) = &ack {
+                a.lost();
+            }
+            drop(permit);
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
         if !self.write_with_retry(&events) {
             if let Some(a) = &ack {
                 a.lost();
@@ -865,6 +925,10 @@ impl Handler<DrainSpill> for SinkActor {
         }
         if let Some((chunk, written)) = self.unflushed_replay.take() {
             self.finish_replay(&overflow, chunk, written, ctx);
+            return;
+        }
+        if self.past_deadline() {
+            // What is left stays on disk for the next start.
             return;
         }
         let chunk = match overflow.next(self.batch_max_events) {
@@ -942,7 +1006,17 @@ impl Handler<Close> for SinkActor {
 
     fn handle(&mut self, _: Close, ctx: &mut Self::Context) -> Self::Result {
         let result = self.flush_held(ctx);
+        let late = self.past_deadline();
         if let Some(overflow) = &self.overflow {
+            if late && (self.kept_at_stop > 0 || overflow.active()) {
+                tracing::warn!(
+                    sink = %self.name,
+                    events = self.kept_at_stop,
+                    spill_bytes = overflow.bytes(),
+                    "stop_timeout_s passed before the queue drained: {} queued events went to the spill, which keeps what is left for the next start",
+                    self.kept_at_stop
+                );
+            }
             // A replayed chunk whose flush failed until now: consumed only if
             // this last flush worked, else it is replayed at the next start.
             if let Some((chunk, written)) = self.unflushed_replay.take() {
@@ -954,6 +1028,7 @@ impl Handler<Close> for SinkActor {
             }
             overflow.close();
         }
+
         // What the last flush could not hand over is lost with the sink.
         for (_, ack) in self.held.drain(..) {
             if let Some(a) = &ack {
