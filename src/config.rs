@@ -715,10 +715,30 @@ pub fn describe_plan(config: &Config) -> String {
             s.kind,
             s.options.buffer,
             s.options.when_full.as_str(),
-            s.settings
+            shown_settings(&s.settings)
         );
     }
     out
+}
+
+/// A sink's settings as `check` prints them: a URL without its password,
+/// any other value under a secret-looking key (token, password, ...) hidden.
+fn shown_settings(settings: &serde_json::Value) -> serde_json::Value {
+    let serde_json::Value::Object(map) = settings else { return settings.clone() };
+    let shown = map
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(url) if k.to_ascii_lowercase().contains("url") => {
+                    serde_json::Value::String(streamherd_actors::coordination::remote::redacted(url))
+                }
+                _ if streamherd_actors::error::is_secret_key(k) => serde_json::Value::String("***".into()),
+                v => v.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    serde_json::Value::Object(shown)
 }
 
 /// Whether the control API's address can be listened on here: one not on

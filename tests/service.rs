@@ -360,7 +360,18 @@ async fn four_connections_share_one_file_without_interleaving() {
     }
     // Payloads are byte-exact: every written payload was sent.
     let sent_payloads: std::collections::HashSet<&[u8]> = sent.iter().map(|m| &m.payload[..]).collect();
-    assert!(envs.iter().all(|e| sent_payloads.contains(e.payload.as_bytes())));
+    // Gap events are streamherd's own (a stream that reached its limit and
+    // reconnected before the stop writes one); every other payload was sent.
+    for e in envs.iter().filter(|e| e.kind != "gap") {
+        assert!(
+            sent_payloads.contains(e.payload.as_bytes()),
+            "written but never sent: {} {:?} on {}: {}",
+            e.kind,
+            e.id,
+            e.connection,
+            e.payload.chars().take(300).collect::<String>()
+        );
+    }
     sim.stop().await;
 }
 

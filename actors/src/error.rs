@@ -162,7 +162,7 @@ impl ConfigError {
 }
 
 /// Keys whose values are secrets (credential tables, tokens, passwords).
-fn is_secret_key(key: &str) -> bool {
+pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     ["auth", "token", "secret", "password", "url"].iter().any(|k| key.contains(k))
 }

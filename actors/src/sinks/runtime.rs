@@ -681,7 +681,7 @@ impl SinkActor {
             let wait = delay.mul_f64(0.8 + 0.4 * fastrand::f64());
             let until = Instant::now() + wait;
             while Instant::now() < until {
-                if self.stopping.load(Ordering::Acquire) {
+                if self.stop_begun() {
                     return self.give_up_at_stop(events);
                 }
                 std::thread::sleep(STOP_POLL.min(until.saturating_duration_since(Instant::now())));
