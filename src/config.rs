@@ -4,7 +4,7 @@
 //! its kind, found in the source registry; each `[[sinks]]` table by its sink
 //! kind. Every error names the file and the key.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -283,14 +283,64 @@ pub fn read(file: &Path) -> Result<RawConfig, ConfigError> {
     if !file.exists() {
         return Err(ConfigError { file: name, key: "(file)".into(), message: "no such file".into() });
     }
+    if file.is_dir() {
+        return Err(ConfigError {
+            file: name,
+            key: "(file)".into(),
+            message: "is a directory, not a config file".into(),
+        });
+    }
     let built = config::Config::builder()
         .add_source(config::File::from(file).format(config::FileFormat::Toml))
         .add_source(
             config::Environment::with_prefix("STREAMHERD").prefix_separator("__").separator("__").try_parsing(true),
         )
         .build()
-        .map_err(|e| from_config_error(&name, e))?;
+        .map_err(|e| too_large(file, &name).unwrap_or_else(|| from_config_error(&name, e)))?;
     built.try_deserialize::<RawConfig>().map_err(|e| from_config_error(&name, e))
+}
+
+/// The config crate reads TOML integers as i64 and says only "number too
+/// large to fit in target type", without a key: find the number in the text
+/// and name its key (`sources[1].follow`) and line.
+fn too_large(file: &Path, name: &str) -> Option<ConfigError> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let (mut table, mut counts) = (String::new(), HashMap::<String, usize>::new());
+    let mut last_key = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if let Some(header) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            let n = counts.entry(header.trim().to_owned()).or_insert(0);
+            table = format!("{}[{}]", header.trim(), *n);
+            *n += 1;
+            continue;
+        }
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = header.trim().to_owned();
+            continue;
+        }
+        // A line of a multi-line array belongs to the key above it.
+        let (key, value) = match line.split_once('=') {
+            Some((key, value)) => {
+                last_key = key.trim().trim_matches('"').to_owned();
+                (last_key.as_str(), value)
+            }
+            None => (last_key.as_str(), line),
+        };
+        let huge = value
+            .split(|c: char| !(c.is_ascii_digit() || c == '_' || c == '-' || c == '+'))
+            .map(|n| n.replace('_', ""))
+            .any(|n| n.trim_start_matches(['-', '+']).len() >= 19 && n.parse::<i64>().is_err());
+        if huge {
+            let key = if table.is_empty() { key.to_owned() } else { format!("{table}.{key}") };
+            return Some(ConfigError {
+                file: name.into(),
+                key,
+                message: format!("line {}: number too large (the largest is {})", i + 1, i64::MAX),
+            });
+        }
+    }
+    None
 }
 
 fn from_config_error(file: &str, e: config::ConfigError) -> ConfigError {

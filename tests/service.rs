@@ -161,6 +161,22 @@ const AUTH: &str =
 fn broken_configs_exit_2_naming_the_key() {
     // Accepted before, each now one line naming the key.
     broken("[service]\nstats_interval_s = 0\n", "sources");
+    // Past i64 (the config crate named no key), also inside a multi-line array.
+    broken(
+        "[service]\nmax_message_bytes = 18446744073709551616\n",
+        "service.max_message_bytes: line 2: number too large",
+    );
+    broken(
+        &format!("[[sources]]\nname = \"a\"\nkind = \"twitter.filter\"\nfollow = [\n  1,\n  99999999999999999999,\n]\n{AUTH}\n"),
+        "sources[0].follow: line 6: number too large",
+    );
+    broken("[backoff]\nhttp_initial_ms = -99999999999999999999\n", "backoff.http_initial_ms");
+    // A directory given as the config: said so, not "not found".
+    let dir = tempfile::tempdir().unwrap();
+    let out = streamherd(&["check", "--config", dir.path().to_str().unwrap()], dir.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is a directory, not a config file") && stderr.lines().count() == 1, "{stderr}");
     broken("[service]\nlog_level = \"bogus=[\"\n", "service.log_level");
     broken(
         &format!("[[sources]]\nname = \"a\"\nkind = \"twitter.filter\"\nlocations = [\"-200,0,10,10\"]\n{AUTH}\n"),
