@@ -22,9 +22,10 @@ use streamherd_actors::sinks::runtime::{SinkOptions, WhenFull};
 use streamherd_actors::sinks::{SinkBuildContext, SinkRegistry};
 use streamherd_actors::source::{Source, SourceContext, SourceRegistry};
 
-/// A configuration error: the file, the key and what is wrong.
+/// A configuration error: the file, the key and what is wrong. Shown on one
+/// line whatever the values it quotes hold (a newline is written `\n`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {key}: {message}")]
+#[error("{}: {}: {}", one_line(file), one_line(key), one_line(message))]
 pub struct ConfigError {
     /// The config file.
     pub file: String,
@@ -32,6 +33,18 @@ pub struct ConfigError {
     pub key: String,
     /// What is wrong.
     pub message: String,
+}
+
+/// `text` with its line breaks and other control characters escaped.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+            .collect(),
+    )
 }
 
 /// The kinds a binary knows: its source kinds and its sink kinds.
@@ -51,7 +64,7 @@ impl Registries {
 }
 
 /// `[service]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
     /// Follow lists changed at run time, last ids seen.
@@ -77,6 +90,24 @@ pub struct ServiceConfig {
     pub lease_ms: u64,
     /// Hash buckets per source: the unit a lease covers.
     pub lease_buckets: u32,
+}
+
+impl std::fmt::Debug for ServiceConfig {
+    /// The coordination URL without its password; the rest as it is.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("state_dir", &self.state_dir)
+            .field("log_format", &self.log_format)
+            .field("log_level", &self.log_level)
+            .field("stats_interval_s", &self.stats_interval_s)
+            .field("stop_timeout_s", &self.stop_timeout_s)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("instance", &self.instance)
+            .field("coordination", &self.coordination.as_deref().map(streamherd_actors::coordination::remote::redacted))
+            .field("lease_ms", &self.lease_ms)
+            .field("lease_buckets", &self.lease_buckets)
+            .finish()
+    }
 }
 
 impl Default for ServiceConfig {
@@ -241,7 +272,7 @@ pub struct RawConfig {
 }
 
 /// A validated sink: shared options plus the kind's own settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SinkSpec {
     /// Registered kind name.
     pub kind: String,
@@ -696,6 +727,18 @@ fn validate_sink(
         settings,
         context,
     })
+}
+
+impl std::fmt::Debug for SinkSpec {
+    /// The settings as `check` shows them: no password, no token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkSpec")
+            .field("kind", &self.kind)
+            .field("options", &self.options)
+            .field("settings", &shown_settings(&self.settings))
+            .field("context", &self.context)
+            .finish()
+    }
 }
 
 /// The sources as the config file says now (`POST /update`).

@@ -7,6 +7,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use streamherd_actors::messages::PlanError;
 
+use crate::config::one_line;
+
 /// The one-line message of a 401, also what the tests compare against.
 pub const UNAUTHORIZED_MESSAGE: &str = "missing or invalid bearer token";
 
@@ -17,7 +19,7 @@ pub enum ApiError {
     #[error("missing or invalid bearer token")]
     Unauthorized,
     /// No route matches the path.
-    #[error("no route for {method} {path}")]
+    #[error("no route for {} {}", one_line(method), one_line(path))]
     NoRoute {
         /// Request method.
         method: String,
@@ -25,7 +27,7 @@ pub enum ApiError {
         path: String,
     },
     /// The path exists but not with this method.
-    #[error("method {method} is not allowed on {path}")]
+    #[error("method {} is not allowed on {}", one_line(method), one_line(path))]
     MethodNotAllowed {
         /// Request method.
         method: String,
@@ -33,10 +35,10 @@ pub enum ApiError {
         path: String,
     },
     /// `/sources/{name}/...` names no configured source.
-    #[error("no source named `{0}`")]
+    #[error("no source named `{}`", one_line(.0))]
     UnknownSource(String),
-    /// The body is not what the route takes.
-    #[error("{0}")]
+    /// The body is not what the route takes (one line whatever it quotes).
+    #[error("{}", one_line(.0))]
     BadRequest(String),
     /// The body is over the limit.
     #[error("request body over the limit of {limit} bytes")]
@@ -48,7 +50,7 @@ pub enum ApiError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     /// `POST /update` could not re-read the predicates.
-    #[error("reload failed: {0}")]
+    #[error("reload failed: {}", one_line(.0))]
     ReloadFailed(String),
     /// The supervisor or planner did not answer: stopping, or too busy.
     #[error("{0}")]
@@ -89,6 +91,7 @@ impl ResponseError for ApiError {
             // RFC 6750 section 3: a 401 names the scheme it wants.
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"streamherd\"")));
         }
+        // One line whatever the request quoted (an id or a key with a newline).
         response.json(serde_json::json!({ "error": self.to_string() }))
     }
 }

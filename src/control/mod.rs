@@ -22,7 +22,7 @@ use streamherd_actors::supervisor::StreamSupervisor;
 use subtle::ConstantTimeEq;
 
 pub use error::{ApiError, UNAUTHORIZED_MESSAGE};
-pub use routes::{configure, MAX_BODY_BYTES, MAX_IDS_PER_REQUEST};
+pub use routes::{configure, parse_follows_body, MAX_BODY_BYTES, MAX_IDS_PER_REQUEST};
 use state::State;
 
 /// Worker threads: the API is light and the cores belong to the streams, but

@@ -72,7 +72,7 @@ fn json_error(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
             ApiError::PayloadTooLarge { limit }
         }
         JsonPayloadError::ContentType => ApiError::BadRequest("expected Content-Type: application/json".into()),
-        JsonPayloadError::Deserialize(e) => ApiError::BadRequest(format!("invalid body: {e}")),
+        JsonPayloadError::Deserialize(e) => invalid_body(&e),
         JsonPayloadError::Payload(actix_web::error::PayloadError::Overflow) => {
             ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES }
         }
@@ -369,6 +369,29 @@ impl FollowsBody {
     }
 }
 
+/// A body serde could not read, as the JSON extractor's error handler words it.
+fn invalid_body(e: &serde_json::Error) -> ApiError {
+    ApiError::BadRequest(format!("invalid body: {e}"))
+}
+
+/// A `POST /sources/{name}/follows` body as the route reads it: the JSON
+/// extractor's serde step, then the rules serde cannot express. Pure, so
+/// the fuzzer reaches it without a server.
+pub fn parse_follows_body(body: &[u8]) -> Result<ChangeFollows, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| invalid_body(&e))?;
+    follows_from_value(value)
+}
+
+/// The rules of a follows body once it is JSON: an object (serde would also
+/// read `[add, remove]` positionally into the struct), then its fields.
+fn follows_from_value(value: serde_json::Value) -> Result<ChangeFollows, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::BadRequest("invalid body: expected a JSON object with `add` and/or `remove`".into()));
+    }
+    let parsed: FollowsBody = serde_json::from_value(value).map_err(|e| invalid_body(&e))?;
+    parsed.into_message()
+}
+
 /// Waits for a source's answer, at most [`ASK_TIMEOUT`].
 async fn ask<T>(answer: impl std::future::Future<Output = Result<T, actix::MailboxError>>) -> Result<T, ApiError> {
     match tokio::time::timeout(ASK_TIMEOUT, answer).await {
@@ -389,9 +412,9 @@ async fn source(state: &State, name: &str) -> Result<SourceHandle, ApiError> {
 async fn change_follows(
     state: web::Data<State>,
     name: web::Path<String>,
-    body: web::Json<FollowsBody>,
+    body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let msg = body.into_inner().into_message()?;
+    let msg = follows_from_value(body.into_inner())?;
     let (asked_add, asked_remove) = (msg.add.len(), msg.remove.len());
     let source = source(&state, &name).await?;
     let changed = ask(source.change_follows(msg)).await??;

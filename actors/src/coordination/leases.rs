@@ -37,12 +37,23 @@ struct View {
 
 /// The shard buckets this process holds, shared by the config loader (which
 /// cuts sources to them) and the lease thread (which changes them).
-#[derive(Debug)]
 pub struct Leases {
     me: String,
     url: String,
     buckets: u32,
     view: RwLock<View>,
+}
+
+impl std::fmt::Debug for Leases {
+    /// The URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases")
+            .field("me", &self.me)
+            .field("url", &super::remote::redacted(&self.url))
+            .field("buckets", &self.buckets)
+            .field("view", &self.view)
+            .finish()
+    }
 }
 
 static PROCESS: OnceLock<Arc<Leases>> = OnceLock::new();

@@ -95,7 +95,14 @@ pub fn ping(url: &str, timeout: Duration) -> Result<(), String> {
 
 /// The URL without its password, for messages.
 pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Mistyped (`redis//:pw@host`): whatever comes before an `@` may
+        // still be a password.
+        return match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_owned(),
+        };
+    };
     match rest.rsplit_once('@') {
         Some((auth, host)) => match auth.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{host}"),

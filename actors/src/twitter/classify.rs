@@ -190,7 +190,7 @@ fn own_id(id_str: Option<&str>, id: Option<&str>) -> Option<Box<str>> {
 /// The `id_str` (else `id`) of the object `obj`.
 fn nested_id(obj: &str) -> Option<Box<str>> {
     let (mut id_str, mut id) = (None, None);
-    scan::members(obj, |k, v| match k {
+    scan::members(obj, |k, v| match &*decoded_key(k) {
         "id_str" => id_str = Some(v),
         "id" => id = Some(v),
         _ => {}
@@ -202,7 +202,7 @@ fn nested_id(obj: &str) -> Option<Box<str>> {
 /// The id of the status (else DM) a `delete` notice names.
 fn deleted_id(obj: &str) -> Option<Box<str>> {
     let (mut status, mut dm) = (None, None);
-    scan::members(obj, |k, v| match k {
+    scan::members(obj, |k, v| match &*decoded_key(k) {
         "status" => status = Some(v),
         "direct_message" => dm = Some(v),
         _ => {}
