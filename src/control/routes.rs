@@ -337,14 +337,40 @@ impl<'de> Deserialize<'de> for FollowId {
     }
 }
 
-/// The body of `POST /sources/{name}/follows`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The body of `POST /sources/{name}/follows`: a JSON object only. serde's
+/// derive would also read `[add, remove]` positionally, so the fields are
+/// read through a map (which keeps the derive's unknown and duplicate key
+/// errors).
+#[derive(Debug)]
 struct FollowsBody {
+    add: Option<Vec<FollowId>>,
+    remove: Option<Vec<FollowId>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FollowsFields {
     #[serde(default)]
     add: Option<Vec<FollowId>>,
     #[serde(default)]
     remove: Option<Vec<FollowId>>,
+}
+
+impl<'de> Deserialize<'de> for FollowsBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = FollowsBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object with `add` and/or `remove`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FollowsBody, A::Error> {
+                let f = FollowsFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(FollowsBody { add: f.add, remove: f.remove })
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
 }
 
 impl FollowsBody {
@@ -378,17 +404,7 @@ fn invalid_body(e: &serde_json::Error) -> ApiError {
 /// extractor's serde step, then the rules serde cannot express. Pure, so
 /// the fuzzer reaches it without a server.
 pub fn parse_follows_body(body: &[u8]) -> Result<ChangeFollows, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| invalid_body(&e))?;
-    follows_from_value(value)
-}
-
-/// The rules of a follows body once it is JSON: an object (serde would also
-/// read `[add, remove]` positionally into the struct), then its fields.
-fn follows_from_value(value: serde_json::Value) -> Result<ChangeFollows, ApiError> {
-    if !value.is_object() {
-        return Err(ApiError::BadRequest("invalid body: expected a JSON object with `add` and/or `remove`".into()));
-    }
-    let parsed: FollowsBody = serde_json::from_value(value).map_err(|e| invalid_body(&e))?;
+    let parsed: FollowsBody = serde_json::from_slice(body).map_err(|e| invalid_body(&e))?;
     parsed.into_message()
 }
 
@@ -412,9 +428,9 @@ async fn source(state: &State, name: &str) -> Result<SourceHandle, ApiError> {
 async fn change_follows(
     state: web::Data<State>,
     name: web::Path<String>,
-    body: web::Json<serde_json::Value>,
+    body: web::Json<FollowsBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let msg = follows_from_value(body.into_inner())?;
+    let msg = body.into_inner().into_message()?;
     let (asked_add, asked_remove) = (msg.add.len(), msg.remove.len());
     let source = source(&state, &name).await?;
     let changed = ask(source.change_follows(msg)).await??;
