@@ -254,6 +254,27 @@ async fn a_restart_mid_spill_replays_the_rest_before_new_events() {
     assert_eq!(all[5_000..], new[..], "then the new events");
 }
 
+/// Polls the control API's /health until `ok(status, body)`, bounded by `T`;
+/// the body it accepted.
+async fn wait_health(port: u16, what: &str, ok: impl Fn(u16, &serde_json::Value) -> bool) -> serde_json::Value {
+    let client = awc::Client::builder().timeout(Duration::from_secs(5)).finish();
+    let start = std::time::Instant::now();
+    loop {
+        let mut last = None;
+        if let Ok(mut resp) = client.get(format!("http://127.0.0.1:{port}/health")).send().await {
+            let status = resp.status().as_u16();
+            if let Ok(body) = resp.json::<serde_json::Value>().await {
+                if ok(status, &body) {
+                    return body;
+                }
+                last = Some((status, body));
+            }
+        }
+        assert!(start.elapsed() < T, "timed out waiting for {what}; /health said {last:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `name{labels} value` lines of the control API's /metrics, summed over the
 /// series of `family` whose labels contain `filter`.
 async fn metric(port: u16, family: &str, filter: &str) -> f64 {
@@ -458,36 +479,16 @@ async fn a_full_spill_holds_the_stream_back_and_degrades_health() {
         .write();
     let fifo = Fifo::create(cfg.dir.path().join("hold.fifo"));
     let running = start_service(&cfg).await;
-    let client = awc::Client::builder().timeout(Duration::from_secs(5)).finish();
-    let health = || async {
-        let mut resp = client.get(format!("http://127.0.0.1:{port}/health")).send().await.ok()?;
-        let body: serde_json::Value = resp.json().await.ok()?;
-        Some((resp.status().as_u16(), body))
-    };
-    let start = std::time::Instant::now();
-    let degraded = loop {
-        if let Some((503, body)) = health().await {
-            if body["reasons"].to_string().contains("spill is full") {
-                break body;
-            }
-        }
-        assert!(start.elapsed() < T, "/health never reported the full spill");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let degraded = wait_health(port, "the full spill in /health", |status, body| {
+        status == 503 && body["reasons"].to_string().contains("spill is full")
+    })
+    .await;
     assert_eq!(degraded["status"], "degraded", "{degraded}");
     // At the limit the stream waits: far fewer than 5,000 were read.
     assert!(read_total(&running) < 5_000, "read {} with a full spill", read_total(&running));
     let (out, reader) = fifo.drain();
     wait_for(T, "everything written once the sink is free", || lines(&out) >= 5_000).await;
-    let start = std::time::Instant::now();
-    loop {
-        let now = health().await;
-        if now.as_ref().map(|(s, _)| *s) == Some(200) {
-            break;
-        }
-        assert!(start.elapsed() < T, "/health did not recover: {now:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_health(port, "/health to recover", |status, _| status == 200).await;
     stop_service(&running).await;
     reader.join().unwrap();
     assert_eq!(payloads(&parse_envelopes(&text(&out))), sent_on(&sim, 0), "nothing lost, in order");
@@ -509,23 +510,10 @@ async fn a_full_disk_degrades_health_spills_and_loses_nothing() {
     let archive = out.join("archive.jsonl");
     std::os::unix::fs::symlink("/dev/full", &archive).unwrap();
     let running = start_service(&cfg).await;
-    let client = awc::Client::builder().timeout(Duration::from_secs(5)).finish();
-    let health = || async {
-        let mut resp = client.get(format!("http://127.0.0.1:{port}/health")).send().await.ok()?;
-        let body: serde_json::Value = resp.json().await.ok()?;
-        Some((resp.status().as_u16(), body))
-    };
-    let start = std::time::Instant::now();
-    let degraded = loop {
-        let now = health().await;
-        if let Some((503, body)) = &now {
-            if body["reasons"].to_string().contains("sink archive") {
-                break body.clone();
-            }
-        }
-        assert!(start.elapsed() < T, "/health never named the full disk: {now:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let degraded = wait_health(port, "/health to name the full disk", |status, body| {
+        status == 503 && body["reasons"].to_string().contains("sink archive")
+    })
+    .await;
     assert_eq!(degraded["status"], "degraded", "{degraded}");
     assert!(degraded["reasons"].to_string().contains("No space left on device"), "{degraded}");
     wait_for(T, "the overflow to go to the spill", || spill_bytes(&running) > 0).await;
@@ -536,15 +524,7 @@ async fn a_full_disk_degrades_health_spills_and_loses_nothing() {
     // Room again: the path becomes an ordinary file.
     std::fs::remove_file(&archive).unwrap();
     wait_for(T, "everything written once the disk has room", || sink_written(&running) >= 2_000).await;
-    let start = std::time::Instant::now();
-    loop {
-        let now = health().await;
-        if now.as_ref().map(|(s, _)| *s) == Some(200) {
-            break;
-        }
-        assert!(start.elapsed() < T, "/health did not recover: {now:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_health(port, "/health to recover", |status, _| status == 200).await;
     stop_service(&running).await;
     let envs = parse_envelopes(&std::fs::read_to_string(&archive).unwrap());
     let (got, sent) = (payloads(&envs), sent_on(&sim, 0));
@@ -622,23 +602,4 @@ async fn a_stop_drains_for_stop_timeout_s_and_keeps_the_rest_in_the_spill() {
     all.extend(payloads(&read_envelopes(&dir.path().join("data"))));
     let sent = sent_on(&sim, 0);
     assert!(all == sent, "every message once, in order: {} written of {} sent", all.len(), sent.len());
-}
-
-/// `w` without the colour codes of the pretty log format.
-fn strip_ansi(w: &str) -> String {
-    let mut out = String::new();
-    let mut chars = w.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Up to and including the final letter of the escape sequence.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -251,21 +251,3 @@ url = "redis://:{MARK}redis@127.0.0.1:{redis_port}/"
         assert_no_secret(what, text);
     }
 }
-
-/// `text` without ANSI escape sequences.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}

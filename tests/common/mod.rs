@@ -400,3 +400,23 @@ impl std::ops::DerefMut for Guard {
         &mut self.0
     }
 }
+
+/// `text` without ANSI escape sequences (the pretty log format's colours),
+/// so that a log's `key=value` can be matched.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Up to and including the final letter of the sequence.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
