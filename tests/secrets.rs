@@ -206,7 +206,13 @@ url = "redis://:{MARK}redis@127.0.0.1:{redis_port}/"
     wait_blocking(T, "the SIGHUP reload", || log().contains("SIGHUP"));
     signal(&child.0, libc::SIGTERM);
     assert_eq!(wait_exit_blocking(&mut child.0, T), 0, "{}", log());
-    printed.push(("the run's log", log()));
+    // Logs use the config's words, never Rust's Debug forms.
+    let run_log = log();
+    for debug_form in ["=None", "=Some(", "Some(\"", "=[\""] {
+        let line = run_log.lines().find(|l| l.contains(debug_form));
+        assert!(line.is_none(), "a Debug form `{debug_form}` in the log: {line:?}");
+    }
+    printed.push(("the run's log", run_log));
     printed.push(("the run's stdout", std::fs::read_to_string(dir.path().join("run.out")).unwrap_or_default()));
     for entry in std::fs::read_dir(dir.path().join("data")).unwrap() {
         let path = entry.unwrap().path();

@@ -264,7 +264,7 @@ impl<F: Family> ShardPlanner<F> {
             Some(arbiter) => actix::Supervisor::start_in_arbiter(arbiter, make),
             None => actix::Supervisor::start(make),
         };
-        tracing::info!(connection = %id, follows, streams, replaces = ?replaces.map(|r| format!("{}/{r}", self.basics.name)), "connection planned");
+        tracing::info!(connection = %id, follows, streams, replaces = %replaces.map_or_else(|| "nothing".to_owned(), |r| format!("{}/{r}", self.basics.name)), "connection planned");
         let shard =
             Shard { id, addr, stats, phase: Phase::Starting, replaces, retiring: false, draining: false, state };
         self.shards.insert(index, shard);

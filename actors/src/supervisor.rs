@@ -384,7 +384,7 @@ impl Handler<Reshare> for StreamSupervisor {
                         }
                     } else {
                         // Keep the leases it let go until the change holds.
-                        tracing::error!(errors = ?failed, "cannot apply the new share yet; trying again in 1 s");
+                        tracing::error!(errors = %failed.join("; "), "cannot apply the new share yet; trying again in 1 s");
                         let mut again = retry.clone();
                         again.takeovers.clear();
                         ctx.notify_later(again, Duration::from_secs(1));
